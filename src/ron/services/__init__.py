@@ -1,0 +1,1 @@
+"""ron.services."""
