@@ -1,0 +1,262 @@
+"""Config: one typed, validated snapshot built from defaults, a TOML file, ``RON_*``
+environment variables and command-line flags (in that order of precedence).
+
+Built once and passed down; no module reads ``os.environ`` on its own. A reload builds
+a whole new snapshot and validates it before anything sees it, so an invalid edit can
+never leave the node half-configured: the previous snapshot stays in force.
+
+Environment names: ``RON_<KEY>`` for top-level keys (``RON_DATA_DIR``, ``RON_HTTP``) and
+``RON_<SECTION>__<KEY>`` for keys in a section (``RON_SUPERVISOR__MAX_RESTARTS``).
+``RON_CONFIG`` names the file. Unknown keys in the file are errors (typos must not be
+silently ignored); unknown ``RON_*`` variables are ignored because clients use some too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+DEFAULT_SERVICES: tuple[str, ...] = ()
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key and the problem."""
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` or ``[V6]:PORT``; port 0 means "pick a free port"."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"{text!r} is not HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError as exc:
+            raise ConfigError(f"{text!r}: bad IPv6 address") from exc
+    elif ":" in host:
+        raise ConfigError(f"{text!r}: write IPv6 hosts in brackets")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(f"{text!r}: port must be 0-65535")
+    return host, int(port_text)
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """The kernel's own knobs."""
+
+    bus_capacity: int = 4096
+    drain_timeout_s: float = 10.0
+    reload_poll_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        _positive("kernel.bus_capacity", self.bus_capacity)
+        _positive("kernel.drain_timeout_s", self.drain_timeout_s)
+        _positive("kernel.reload_poll_s", self.reload_poll_s)
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    """Restart policy: exponential backoff with jitter, then quarantine."""
+
+    backoff_initial_s: float = 0.1
+    backoff_max_s: float = 30.0
+    max_restarts: int = 5
+    restart_window_s: float = 60.0
+    health_interval_s: float = 1.0
+    start_timeout_s: float = 20.0
+    stop_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        _positive("supervisor.backoff_initial_s", self.backoff_initial_s)
+        _positive("supervisor.restart_window_s", self.restart_window_s)
+        _positive("supervisor.health_interval_s", self.health_interval_s)
+        _positive("supervisor.start_timeout_s", self.start_timeout_s)
+        _positive("supervisor.stop_timeout_s", self.stop_timeout_s)
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ConfigError("supervisor.backoff_max_s must be >= backoff_initial_s")
+        if self.max_restarts < 0:
+            raise ConfigError("supervisor.max_restarts must be >= 0")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole node's configuration; sections are nested frozen dataclasses."""
+
+    data_dir: Path = Path(".ron")
+    admin: str = "127.0.0.1:9096"
+    http: str = "127.0.0.1:8080"
+    oap: str = "127.0.0.1:9443"
+    single_process: bool = False
+    log_level: str = "info"
+    services: tuple[str, ...] = DEFAULT_SERVICES
+    kernel: KernelConfig = field(default_factory=KernelConfig)
+    supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
+
+    def __post_init__(self) -> None:
+        parse_hostport(self.admin)
+        parse_hostport(self.http)
+        parse_hostport(self.oap)
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+        if len(set(self.services)) != len(self.services):
+            raise ConfigError("services lists a service twice")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, used to hand a snapshot to service processes."""
+        plain: dict[str, Any] = _to_plain(dataclasses.asdict(self))
+        return plain
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Config:
+        return _build(cls, data, "")
+
+
+def load_config(
+    file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build and validate a snapshot; raises ConfigError with the offending key."""
+    env = env or {}
+    merged: dict[str, Any] = {}
+    if file is None and env.get("RON_CONFIG"):
+        file = Path(env["RON_CONFIG"])
+    if file is not None:
+        try:
+            text = file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from exc
+        try:
+            merged = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file}: {exc}") from exc
+    _deep_update(merged, _from_env(Config, env))
+    _deep_update(merged, dict(flags or {}))
+    return _build(Config, merged, "")
+
+
+# --- typed building ---------------------------------------------------------------
+
+T = TypeVar("T")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+_NONE = frozenset({"", "none", "off"})
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{name} must be > 0")
+
+
+def _deep_update(target: dict[str, Any], source: Mapping[str, Any]) -> None:
+    for key, value in source.items():
+        if isinstance(value, Mapping) and isinstance(target.get(key), dict):
+            _deep_update(target[key], value)
+        else:
+            target[key] = value
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_to_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _from_env(cls: type, env: Mapping[str, str], prefix: str = "RON_") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        hint = _hints(cls)[f.name]
+        if dataclasses.is_dataclass(hint):
+            sub = _from_env(typing.cast(type, hint), env, f"{prefix}{f.name.upper()}__")
+            if sub:
+                out[f.name] = sub
+        elif (value := env.get(f"{prefix}{f.name.upper()}")) is not None:
+            out[f.name] = value
+    return out
+
+
+def _build(cls: type[T], data: Mapping[str, Any], where: str) -> T:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where or 'config'} must be a table")
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown key {where}{unknown[0]}")
+    kwargs = {name: _coerce(hints[name], value, f"{where}{name}") for name, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where or 'config'}: {exc}") from exc
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(typing.cast(type, hint), value, f"{key}.")
+    if origin in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        nullable = len(args) != len(typing.get_args(hint))
+        if nullable and (value is None or (isinstance(value, str) and value.lower() in _NONE)):
+            return None
+        return _coerce(args[0], value, key)
+    if origin is tuple:
+        (item,) = typing.get_args(hint)[:1]
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key} must be a list")
+        return tuple(_coerce(item, v, key) for v in value)
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key} must be a table")
+        _, vtype = typing.get_args(hint)
+        return {str(k): _coerce(vtype, v, f"{key}.{k}") for k, v in value.items()}
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+            return value.lower() in _TRUE
+        raise ConfigError(f"{key} must be true or false")
+    if hint is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be an integer")
+        try:
+            return int(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{key} must be an integer") from exc
+    if hint is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be a number")
+        try:
+            return float(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{key} must be a number") from exc
+    if hint is Path:
+        if not isinstance(value, str | Path) or not str(value):
+            raise ConfigError(f"{key} must be a path")
+        return Path(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string")
+        return value
+    return value

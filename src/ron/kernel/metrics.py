@@ -1,0 +1,150 @@
+"""Metrics: one Prometheus registry per node (or per service process), never the global one.
+
+A registry per instance lets two nodes live in one test process and keeps each
+service's numbers its own. The kernel's ``/metrics`` merges its own registry with the
+exposition text each service process reports over IPC, adding a ``service`` label so
+the same golden metric from two services stays two series of one family.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+
+# ``*_created`` series double the exposition size and no dashboard of ours reads them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Sub-millisecond cache hits up to multi-second large transfers.
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+
+
+class Metrics:
+    """The golden metrics (REFERENCE §8) on a private registry, plus helpers to add more."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests_total = Counter(
+            "requests_total", "Requests handled.", ["route", "method", "status"], registry=r
+        )
+        self.bytes_in_total = Counter(
+            "bytes_in_total", "Request body bytes received.", ["route"], registry=r
+        )
+        self.bytes_out_total = Counter(
+            "bytes_out_total", "Response body bytes sent.", ["route"], registry=r
+        )
+        self.rejected_total = Counter(
+            "rejected_total", "Requests or events rejected, by reason.", ["reason"], registry=r
+        )
+        self.request_latency_seconds = Histogram(
+            "request_latency_seconds",
+            "Time from request start to last byte.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inflight = Gauge("inflight", "Requests in progress.", registry=r)
+        self.quota_exhaustions_total = Counter(
+            "quota_exhaustions_total", "Requests refused by a quota.", ["route"], registry=r
+        )
+        self.bus_overflow_dropped_total = Counter(
+            "bus_overflow_dropped_total", "Bus events lost by lagging subscribers.", registry=r
+        )
+        self.bus_lagged_total = Counter(
+            "bus_lagged_total", "Times a bus subscriber lagged behind capacity.", registry=r
+        )
+        self.service_restarts_total = Counter(
+            "service_restarts_total",
+            "Service process crashes and restarts.",
+            ["service"],
+            registry=r,
+        )
+
+    def counter(self, name: str, doc: str, labels: Iterable[str] = ()) -> Counter:
+        return Counter(name, doc, list(labels), registry=self.registry)
+
+    def gauge(self, name: str, doc: str, labels: Iterable[str] = ()) -> Gauge:
+        return Gauge(name, doc, list(labels), registry=self.registry)
+
+    def histogram(
+        self,
+        name: str,
+        doc: str,
+        labels: Iterable[str] = (),
+        buckets: Iterable[float] = LATENCY_BUCKETS,
+    ) -> Histogram:
+        return Histogram(name, doc, list(labels), buckets=tuple(buckets), registry=self.registry)
+
+    def render(self) -> bytes:
+        """Prometheus text exposition of this registry alone."""
+        return generate_latest(self.registry)
+
+
+def status_class(status: int) -> str:
+    """``2xx``-style label: status classes keep ``requests_total`` low-cardinality."""
+    return f"{status // 100}xx"
+
+
+class _Families(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
+
+
+def merge_expositions(parts: Iterable[tuple[str, str]]) -> bytes:
+    """Merge ``(service, exposition text)`` pairs into one exposition.
+
+    Every sample gains a ``service`` label; families of the same name are merged, so
+    ``requests_total`` from the gateway and from omnigate is one family. A part that
+    fails to parse is skipped rather than breaking the whole scrape.
+    """
+    merged: dict[str, Metric] = {}
+    for service, text in parts:
+        try:
+            families = list(text_string_to_metric_families(text))
+        except ValueError:
+            continue
+        for family in families:
+            target = merged.get(family.name)
+            if target is None:
+                target = Metric(family.name, family.documentation, family.type, family.unit)
+                merged[family.name] = target
+            for sample in family.samples:
+                labels = {"service": service, **sample.labels}
+                target.add_sample(sample.name, labels, sample.value, sample.timestamp)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(list(merged.values())))
+    return generate_latest(registry)

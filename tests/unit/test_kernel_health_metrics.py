@@ -1,0 +1,73 @@
+"""Readiness names what is missing; metrics merge per-service expositions."""
+
+from __future__ import annotations
+
+import random
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from ron.kernel import HealthState, Metrics
+from ron.kernel.metrics import merge_expositions, status_class
+from ron.kernel.supervisor import backoff_delay, describe_exit
+
+
+def test_not_ready_until_config_and_required_services_are_healthy() -> None:
+    h = HealthState()
+    h.register("index")
+    h.register("extra", required=False)
+    assert h.missing() == ["config", "service:index"]
+    h.set_config_loaded()
+    assert h.set("index", True) is True
+    assert h.ready()
+    h.set_draining()
+    assert h.missing() == ["draining"]
+
+
+def test_health_set_reports_changes_only() -> None:
+    h = HealthState()
+    assert h.set("a", True) is True
+    assert h.set("a", True) is False
+    assert h.set("a", False, "down") is True
+
+
+def test_two_metrics_instances_do_not_share_a_registry() -> None:
+    a, b = Metrics(), Metrics()
+    a.requests_total.labels("/o/{addr}", "GET", "2xx").inc()
+    assert b.registry.get_sample_value(
+        "requests_total", {"route": "/o/{addr}", "method": "GET", "status": "2xx"}
+    ) in (None, 0.0)
+
+
+def test_merged_exposition_labels_each_service_and_merges_families() -> None:
+    a, b = Metrics(), Metrics()
+    a.rejected_total.labels("service_crash").inc()
+    b.rejected_total.labels("quota").inc(2)
+    text = merge_expositions([("kernel", a.render().decode()), ("gateway", b.render().decode())])
+    families = {f.name: f for f in text_string_to_metric_families(text.decode())}
+    samples = {
+        (s.labels["service"], s.labels["reason"]): s.value for s in families["rejected"].samples
+    }
+    assert samples == {("kernel", "service_crash"): 1.0, ("gateway", "quota"): 2.0}
+
+
+def test_merge_skips_a_part_that_does_not_parse() -> None:
+    text = merge_expositions(
+        [("bad", "this is { not prometheus"), ("ok", Metrics().render().decode())]
+    )
+    assert b"inflight" in text
+
+
+def test_status_classes() -> None:
+    assert [status_class(s) for s in (200, 304, 429, 503)] == ["2xx", "3xx", "4xx", "5xx"]
+
+
+def test_backoff_grows_exponentially_with_jitter_and_is_capped() -> None:
+    rng = random.Random(1)
+    for attempt, step in [(1, 0.1), (2, 0.2), (3, 0.4), (10, 30.0), (40, 30.0)]:
+        d = backoff_delay(attempt, 0.1, 30.0, rng)
+        assert step / 2 <= d <= step
+
+
+def test_exit_reasons_name_the_code_or_signal() -> None:
+    assert describe_exit(3) == "exit code 3"
+    assert describe_exit(-9) == "killed by signal SIGKILL"
