@@ -27,3 +27,10 @@ test: lint typecheck
 
 clean:
 	rm -rf $(VENV) .ron .pytest_cache .mypy_cache .ruff_cache
+
+# Fuzzing campaigns are long: never part of `make test` (which replays the corpus).
+FUZZ_SECONDS ?= 300
+fuzz: $(STAMP)
+	$(BIN)/python -m pip install -q atheris==3.0.0
+	mkdir -p .fuzz/oap
+	$(BIN)/python tests/fuzz/fuzz_oap_decoder.py .fuzz/oap tests/fuzz/corpus/oap -max_total_time=$(FUZZ_SECONDS)

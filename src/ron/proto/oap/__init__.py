@@ -1,0 +1,107 @@
+"""OAP/1, the node's framed request/response protocol, as a sans-IO library.
+
+Pure codec and state machines in the style of h11: bytes in, events out, bytes to send
+back; no sockets, no clocks, no threads. The omnigate server and the SDK client wrap these
+in a few lines of asyncio. The normative description is ``docs/specs/OAP-1.md``.
+"""
+
+from ron.proto.oap.codec import FrameDecoder
+from ron.proto.oap.comp import (
+    MAX_EXPANSION,
+    MAX_RATIO,
+    compress_payload,
+    decompress_payload,
+    decompressed_limit,
+)
+from ron.proto.oap.connection import (
+    NO_FLAGS,
+    OPTIONAL_FLAGS,
+    SUPPORTED_FLAGS,
+    ClientConnection,
+    OapLimits,
+    ServerConnection,
+    ServerInfo,
+    error_frame,
+    error_from_payload,
+    error_payload,
+    hello_frame,
+    hello_payload,
+)
+from ron.proto.oap.errors import LocalProtocolError, OapError
+from ron.proto.oap.events import (
+    ClientEvent,
+    Hello,
+    HelloReply,
+    ProtocolError,
+    ReplyTarget,
+    RequestData,
+    RequestEnded,
+    RequestStarted,
+    ResponseData,
+    ResponseEnded,
+    ResponseStarted,
+    ServerEvent,
+)
+from ron.proto.oap.frame import (
+    FIXED,
+    HEADER_LEN,
+    KNOWN_FLAGS,
+    LEN_PREFIX,
+    MAX_FRAME,
+    STORAGE_CHUNK,
+    VERSION,
+    AppId,
+    Flags,
+    Frame,
+    decode_frame,
+    encode_frame,
+    flag_names,
+)
+
+__all__ = [
+    "FIXED",
+    "HEADER_LEN",
+    "KNOWN_FLAGS",
+    "LEN_PREFIX",
+    "MAX_EXPANSION",
+    "MAX_FRAME",
+    "MAX_RATIO",
+    "NO_FLAGS",
+    "OPTIONAL_FLAGS",
+    "STORAGE_CHUNK",
+    "SUPPORTED_FLAGS",
+    "VERSION",
+    "AppId",
+    "ClientConnection",
+    "ClientEvent",
+    "Flags",
+    "Frame",
+    "FrameDecoder",
+    "Hello",
+    "HelloReply",
+    "LocalProtocolError",
+    "OapError",
+    "OapLimits",
+    "ProtocolError",
+    "ReplyTarget",
+    "RequestData",
+    "RequestEnded",
+    "RequestStarted",
+    "ResponseData",
+    "ResponseEnded",
+    "ResponseStarted",
+    "ServerConnection",
+    "ServerEvent",
+    "ServerInfo",
+    "compress_payload",
+    "decode_frame",
+    "decompress_payload",
+    "decompressed_limit",
+    "encode_frame",
+    "error_frame",
+    "error_from_payload",
+    "error_payload",
+    "flag_names",
+    "hello_frame",
+    "hello_payload",
+]
