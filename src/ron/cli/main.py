@@ -178,5 +178,7 @@ def reload(data_dir: DataDir = None, admin: AdminOpt = None) -> None:
 
 
 def main() -> None:
+    import ron.cli.content  # noqa: F401  (registers the content commands)
+
     app()
     sys.exit(0)

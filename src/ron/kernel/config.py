@@ -88,10 +88,24 @@ class SupervisorConfig:
 
 
 @dataclass(frozen=True)
+class GatewayConfig:
+    """The HTTP gateway's knobs."""
+
+    enforce_payments: bool = False
+    max_put_bytes: int = 1 << 30
+    keepalive_s: float = 15.0
+
+    def __post_init__(self) -> None:
+        _positive("gateway.max_put_bytes", self.max_put_bytes)
+        _positive("gateway.keepalive_s", self.keepalive_s)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole node's configuration; sections are nested frozen dataclasses."""
 
     data_dir: Path = Path(".ron")
+    index_db: Path | None = None
     admin: str = "127.0.0.1:9096"
     http: str = "127.0.0.1:8080"
     oap: str = "127.0.0.1:9443"
@@ -100,6 +114,7 @@ class Config:
     services: tuple[str, ...] = DEFAULT_SERVICES
     kernel: KernelConfig = field(default_factory=KernelConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
 
     def __post_init__(self) -> None:
         parse_hostport(self.admin)

@@ -39,6 +39,7 @@ class InProcessHost:
         health: HealthState,
         run_dir: Path,
         listeners: Mapping[str, socket.socket],
+        kernel: Any = None,
     ) -> None:
         self._specs = specs
         self.config = config
@@ -46,7 +47,8 @@ class InProcessHost:
         self._health = health
         self._run_dir = run_dir
         self._listeners = listeners
-        self._services: dict[str, Service] = {}
+        self._kernel = kernel
+        self._services: dict[str, Any] = {}
         self._metrics: dict[str, Metrics] = {}
         self._probe: asyncio.Task[None] | None = None
         for spec in specs:
@@ -57,7 +59,7 @@ class InProcessHost:
         return self._services
 
     async def start(self) -> None:
-        peers = LocalPeers(self._services)
+        peers = LocalPeers({"kernel": self._kernel, **self._services})
         for spec in self._specs:  # specs come in dependency order
             service = load_target(spec.target)()
             metrics = Metrics()

@@ -25,12 +25,14 @@ from types import TracebackType
 from typing import Any, TextIO
 
 from ron import __version__
+from ron.ipc import CallContext, IpcServer
 from ron.kernel.admin import EmbeddedServer, build_admin_app, make_server
 from ron.kernel.bus import Bus
 from ron.kernel.config import Config, ConfigError, load_config, parse_hostport
 from ron.kernel.events import KernelEvent
 from ron.kernel.health import HealthState
 from ron.kernel.inprocess import InProcessHost
+from ron.kernel.link import KERNEL_SOCKET
 from ron.kernel.metrics import Metrics, merge_expositions
 from ron.kernel.spec import ServiceSpec
 from ron.kernel.supervisor import Supervisor
@@ -115,6 +117,7 @@ class Node:
         self._admin_task: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self._lock_fd: int | None = None
+        self._kernel_ipc: IpcServer | None = None
         self._stopped = asyncio.Event()
         self._reload_failures = self.metrics.counter(
             "config_reload_failures_total", "Config reloads rejected as invalid."
@@ -138,6 +141,8 @@ class Node:
         for name, sock in self.listeners.items():
             self.urls[name] = url_of(sock, "tcp" if name == "oap" else "http")
         self.health.set_config_loaded(True)
+        self._kernel_ipc = IpcServer(self._kernel_handlers(), name="kernel")
+        await self._kernel_ipc.start_unix(str(self.run_dir / KERNEL_SOCKET))
         if self.config.single_process:
             self.host = InProcessHost(
                 self.specs,
@@ -146,6 +151,7 @@ class Node:
                 health=self.health,
                 run_dir=self.run_dir,
                 listeners=self.listeners,
+                kernel=self,
             )
         else:
             self.host = Supervisor(
@@ -182,6 +188,8 @@ class Node:
         if self._watch_task is not None:
             self._watch_task.cancel()
         await self.host.stop(self.config.kernel.drain_timeout_s)
+        if self._kernel_ipc is not None:
+            await self._kernel_ipc.close()
         if self._admin is not None:
             self._admin.should_exit = True
         if self._admin_task is not None:
@@ -209,6 +217,19 @@ class Node:
         await self.shutdown()
 
     # --- AdminBackend -------------------------------------------------------------
+
+    async def ready(self) -> tuple[bool, dict[str, Any]]:
+        snap = self.health.snapshot()
+        return bool(snap["ready"]), snap
+
+    def _kernel_handlers(self) -> dict[str, Any]:
+        async def ready(args: dict[str, Any], ctx: CallContext) -> Any:
+            return self.health.snapshot()
+
+        async def node_metrics(args: dict[str, Any], ctx: CallContext) -> Any:
+            return (await self.metrics_text()).decode()
+
+        return {"sys.ready": ready, "sys.node_metrics": node_metrics}
 
     async def metrics_text(self) -> bytes:
         parts = [("kernel", self.metrics.render().decode())]

@@ -24,7 +24,7 @@ class IpcPeers:
 
     def __init__(self, run_dir: Path, clients: Mapping[str, str]) -> None:
         self._run_dir = run_dir
-        self._targets = dict(clients)
+        self._targets = {"kernel": "ron.kernel.link:KernelLink", **clients}
         self._made: dict[str, Any] = {}
         self._ipc: list[IpcClient] = []
 

@@ -9,7 +9,30 @@ from __future__ import annotations
 from ron.kernel.config import Config, ConfigError
 from ron.kernel.spec import ServiceSpec
 
-BUILTIN_SPECS: tuple[ServiceSpec, ...] = ()
+BUILTIN_SPECS: tuple[ServiceSpec, ...] = (
+    ServiceSpec(
+        name="index",
+        target="ron.services.index.service:IndexService",
+        client="ron.services.index.service:IndexClient",
+    ),
+    ServiceSpec(
+        name="storage",
+        target="ron.services.storage.service:StorageService",
+        client="ron.services.storage.service:StorageClient",
+    ),
+    ServiceSpec(
+        name="overlay",
+        target="ron.services.overlay.service:OverlayService",
+        client="ron.services.overlay.service:OverlayClient",
+        depends=("index", "storage"),
+    ),
+    ServiceSpec(
+        name="gateway",
+        target="ron.services.gateway.service:GatewayService",
+        listeners=("http",),
+        depends=("overlay",),
+    ),
+)
 
 
 def specs_for(config: Config) -> list[ServiceSpec]:

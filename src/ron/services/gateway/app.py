@@ -1,0 +1,433 @@
+"""The HTTP gateway: GET/HEAD of content by address, POST /put, health and metrics.
+
+REFERENCE §3 is the contract and docs/specs/HTTP-API.md states it in full. Every error
+leaves as the one envelope (§4) with ``X-Corr-Id``; every request is counted under its
+route template, never its raw path.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import PurePosixPath
+from typing import Any, Protocol
+from urllib.parse import parse_qs
+
+from ron.kernel.metrics import CONTENT_TYPE, Metrics, status_class
+from ron.proto.address import Address, parse_address
+from ron.proto.envelope import ErrorCode, RonError, sane_corr_id
+from ron.proto.httpsem import (
+    RangeNotSatisfiable,
+    choose_encoding,
+    etag_matches,
+    if_range_allows,
+    parse_range,
+)
+from ron.proto.manifest import Manifest, Relations
+from ron.services.gateway.asgi import (
+    Headers,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    header,
+    json_body,
+    respond,
+)
+from ron.services.overlay.reader import ContentReader, ObjectInfo
+from ron.services.storage.service import manifest_summary
+from ron.services.storage.store import IntegrityError, ObjectStore
+
+log = logging.getLogger("ron.gateway")
+
+IMMUTABLE = b"public, max-age=31536000, immutable"
+MANIFEST_CACHE = b"public, max-age=60"
+MANIFEST_NAME = "Manifest.toml"
+
+
+class Registrar(Protocol):
+    """The write half of the overlay, reached over IPC (or in-process)."""
+
+    async def register(self, summary: dict[str, Any]) -> bool: ...
+
+
+class GatewaySettings(Protocol):
+    """Live settings (they follow config reloads)."""
+
+    @property
+    def enforce_payments(self) -> bool: ...
+    @property
+    def max_put_bytes(self) -> int: ...
+
+
+class GatewayApp:
+    """The raw ASGI application one gateway process serves."""
+
+    def __init__(
+        self,
+        *,
+        reader: ContentReader,
+        store: ObjectStore,
+        overlay: Registrar,
+        metrics: Metrics,
+        settings: GatewaySettings,
+        ready: Callable[[], Awaitable[tuple[bool, dict[str, Any]]]],
+        node_metrics: Callable[[], Awaitable[bytes]],
+    ) -> None:
+        self.reader = reader
+        self.store = store
+        self.overlay = overlay
+        self.metrics = metrics
+        self.settings = settings
+        self._ready = ready
+        self._node_metrics = node_metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        started = time.perf_counter()
+        method: str = scope["method"]
+        path: str = scope["path"]
+        corr = sane_corr_id(header(scope, b"x-corr-id"))
+        route, handler = self._route(method, path)
+        status_box = [500]
+        sent = [0]
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_box[0] = message["status"]
+                message["headers"] = [*message["headers"], (b"x-corr-id", corr.encode())]
+            elif message["type"] == "http.response.body":
+                sent[0] += len(message.get("body", b""))
+            await send(message)
+
+        m = self.metrics
+        m.inflight.inc()
+        try:
+            await handler(scope, receive, counting_send, corr)
+        except RonError as exc:
+            await self._error(counting_send, exc, corr, method == "HEAD", started=sent[0] > 0)
+        except Exception:
+            log.exception("unhandled error", extra={"corr_id": corr, "route": route})
+            await self._error(
+                counting_send,
+                RonError(ErrorCode.INTERNAL, "internal error"),
+                corr,
+                method == "HEAD",
+                started=sent[0] > 0,
+            )
+        finally:
+            m.inflight.dec()
+            elapsed = time.perf_counter() - started
+            m.requests_total.labels(route, method, status_class(status_box[0])).inc()
+            m.request_latency_seconds.labels(route).observe(elapsed)
+            m.bytes_out_total.labels(route).inc(sent[0])
+
+    # --- routing ------------------------------------------------------------------------
+
+    def _route(
+        self, method: str, path: str
+    ) -> tuple[str, Callable[[Scope, Receive, Send, str], Awaitable[None]]]:
+        if path.startswith("/o/"):
+            if method in ("GET", "HEAD"):
+                return "/o/{addr}", self.get_object
+            return "/o/{addr}", _method_not_allowed("GET, HEAD")
+        if path == "/put":
+            if method == "POST":
+                return "/put", self.put
+            return "/put", _method_not_allowed("POST")
+        if path == "/healthz":
+            return "/healthz", self.healthz
+        if path == "/readyz":
+            return "/readyz", self.readyz
+        if path == "/metrics":
+            return "/metrics", self.metrics_route
+        return "other", _not_found
+
+    async def _error(
+        self, send: Send, exc: RonError, corr: str, head: bool, *, started: bool
+    ) -> None:
+        if started:
+            # Headers (and maybe bytes) are out: the only honest signal left is to
+            # break the connection so the client never sees a complete response.
+            raise exc
+        headers: Headers = [(b"content-type", b"application/json")]
+        if exc.retry_after is not None:
+            headers.append((b"retry-after", str(max(1, round(exc.retry_after))).encode()))
+        headers.extend(getattr(exc, "headers", []))
+        if exc.code is ErrorCode.UNAVAILABLE and exc.retry_after is None:
+            headers.append((b"retry-after", str(random.randint(1, 5)).encode()))
+        await respond(send, exc.status, headers, json_body(exc.envelope(corr)), head=head)
+
+    # --- admin-style routes -------------------------------------------------------------
+
+    async def healthz(self, scope: Scope, receive: Receive, send: Send, corr: str) -> None:
+        await respond(send, 200, [(b"content-type", b"application/json")], b'{"status":"ok"}')
+
+    async def readyz(self, scope: Scope, receive: Receive, send: Send, corr: str) -> None:
+        ok, snap = await self._ready()
+        headers: Headers = [(b"content-type", b"application/json")]
+        if not ok:
+            headers.append((b"retry-after", str(random.randint(1, 5)).encode()))
+        await respond(send, 200 if ok else 503, headers, json_body(snap))
+
+    async def metrics_route(self, scope: Scope, receive: Receive, send: Send, corr: str) -> None:
+        body = await self._node_metrics()
+        await respond(send, 200, [(b"content-type", CONTENT_TYPE.encode())], body)
+
+    # --- GET / HEAD -------------------------------------------------------------------
+
+    async def get_object(self, scope: Scope, receive: Receive, send: Send, corr: str) -> None:
+        head = scope["method"] == "HEAD"
+        addr, rel = split_object_path(scope["path"][3:])
+        info = self.reader.stat(addr)
+        manifest = info.manifest
+        etag = f'"b3:{info.hex}"'.encode()
+        if rel == MANIFEST_NAME:
+            await self._serve_manifest(scope, send, info, etag, head)
+            return
+        base: Headers = [
+            (b"etag", etag),
+            (b"cache-control", IMMUTABLE),
+            (b"vary", b"Accept-Encoding"),
+        ]
+        pay_headers = self._payment(manifest)
+        inm = header(scope, b"if-none-match")
+        if inm is not None and etag_matches(inm, etag.decode()):
+            await respond(send, 304, base, head=True)
+            return
+        headers: Headers = [
+            *base,
+            (b"content-type", manifest.mime.encode()),
+            (b"x-content-type-options", b"nosniff"),
+            (b"accept-ranges", b"bytes"),
+            *pay_headers,
+        ]
+        size = info.size
+        range_header = header(scope, b"range")
+        if range_header is not None:
+            if_range = header(scope, b"if-range")
+            if if_range is None or if_range_allows(if_range, etag.decode()):
+                try:
+                    span = parse_range(range_header, size)
+                except RangeNotSatisfiable as exc:
+                    exc.headers = [(b"content-range", f"bytes */{size}".encode())]  # type: ignore[attr-defined]
+                    raise
+                if span is not None:
+                    start, end = span
+                    headers.append((b"content-range", f"bytes {start}-{end}/{size}".encode()))
+                    await self._send_payload(send, info, headers, 206, start, end, head)
+                    return
+        coding = choose_encoding(
+            header(scope, b"accept-encoding"), [e.coding for e in manifest.encodings]
+        )
+        if coding != "identity":
+            data = await self.reader.read_encoding(info, coding)
+            if data is not None:
+                headers.append((b"content-encoding", coding.encode()))
+                await respond(send, 200, headers, data, head=head)
+                return
+        await self._send_payload(send, info, headers, 200, 0, size - 1, head)
+
+    async def _send_payload(
+        self,
+        send: Send,
+        info: ObjectInfo,
+        headers: Headers,
+        status: int,
+        start: int,
+        end: int,
+        head: bool,
+    ) -> None:
+        length = max(0, end - start + 1)
+        if head:
+            await _respond_head(send, status, headers, length)
+            return
+        if self.reader.is_small(info):
+            data = await self.reader.read_small(info)
+            await respond(send, status, headers, data[start : end + 1])
+            return
+        if length == 0:
+            await respond(send, status, headers, b"")
+            return
+        stream = self.reader.stream_payload(info, start, end)
+        first = await anext(stream)  # errors before any byte still become envelopes
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [*headers, (b"content-length", str(length).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": first, "more_body": True})
+        async for chunk in stream:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def _serve_manifest(
+        self, scope: Scope, send: Send, info: ObjectInfo, etag: bytes, head: bool
+    ) -> None:
+        try:
+            body = (info.bundle / MANIFEST_NAME).read_bytes()
+        except FileNotFoundError:
+            self.reader.forget(info.hex)
+            raise RonError(ErrorCode.NOT_FOUND, "object vanished") from None
+        base: Headers = [
+            (b"etag", etag),
+            (b"cache-control", MANIFEST_CACHE),
+            (b"vary", b"Accept-Encoding"),
+        ]
+        inm = header(scope, b"if-none-match")
+        if inm is not None and etag_matches(inm, etag.decode()):
+            await respond(send, 304, base, head=True)
+            return
+        headers = [
+            *base,
+            (b"content-type", b"application/toml; charset=utf-8"),
+            (b"x-content-type-options", b"nosniff"),
+        ]
+        await respond(send, 200, headers, body, head=head)
+
+    def _payment(self, manifest: Manifest) -> Headers:
+        pay = manifest.payment
+        if pay is None or not pay.required:
+            return []
+        headers: Headers = [
+            (b"x-payment-currency", pay.currency.encode()),
+            (b"x-payment-price-model", pay.price_model.encode()),
+            (b"x-payment-price", _num(pay.price).encode()),
+            (b"x-payment-wallet", pay.wallet.encode()),
+        ]
+        if self.settings.enforce_payments:
+            err = RonError(
+                ErrorCode.PAYMENT_REQUIRED,
+                "this object requires payment",
+                extra={
+                    "currency": pay.currency,
+                    "price_model": pay.price_model,
+                    "price": pay.price,
+                    "wallet": pay.wallet,
+                },
+            )
+            err.headers = headers  # type: ignore[attr-defined]
+            raise err
+        return [(b"x-payment-required", b"true"), *headers]
+
+    # --- PUT ----------------------------------------------------------------------------
+
+    async def put(self, scope: Scope, receive: Receive, send: Send, corr: str) -> None:
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        tld = (query.get("tld") or [None])[0]
+        filename = (query.get("filename") or [None])[0]
+        license_ = (query.get("license") or [None])[0]
+        parent = (query.get("parent") or [None])[0]
+        relations = Relations(parent=parse_address(parent)) if parent else None
+        mime = (header(scope, b"content-type") or "application/octet-stream").split(";")[0]
+        cap = self.settings.max_put_bytes
+        declared = header(scope, b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise RonError(ErrorCode.BAD_REQUEST, "Content-Length is not a number")
+            if int(declared) > cap:
+                raise RonError(ErrorCode.PAYLOAD_TOO_LARGE, f"body exceeds the {cap}-byte cap")
+        if header(scope, b"content-encoding") not in (None, "identity"):
+            raise RonError(
+                ErrorCode.UNSUPPORTED_MEDIA_TYPE, "compressed request bodies are not accepted yet"
+            )
+        received = [0]
+
+        async def body() -> Any:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise RonError(ErrorCode.BAD_REQUEST, "client disconnected mid-body")
+                chunk = message.get("body", b"")
+                received[0] += len(chunk)
+                if chunk:
+                    yield chunk
+                if not message.get("more_body", False):
+                    return
+
+        try:
+            manifest, _ = await self.store.put_stream(
+                body(),
+                tld=tld,
+                mime=mime,
+                original_filename=filename,
+                license=license_,
+                relations=relations,
+                max_bytes=cap,
+            )
+        finally:
+            self.metrics.bytes_in_total.labels("/put").inc(received[0])
+        bundle = self.store.relpath(self.store.bundle_dir(manifest.address))
+        await self.overlay.register(manifest_summary(manifest, bundle))
+        address = manifest.address.canonical
+        location = f"/o/{manifest.address.with_tld if tld else address}"
+        reply = {"address": address, "bytes": manifest.bytes, "tld": manifest.tld}
+        await respond(
+            send,
+            201,
+            [(b"content-type", b"application/json"), (b"location", location.encode())],
+            json_body(reply),
+        )
+
+
+def split_object_path(rest: str) -> tuple[Address, str]:
+    """``<addr>[/<rel>]`` -> (address, rel); a rel that could leave the bundle is 400."""
+    addr_text, slash, rel = rest.partition("/")
+    addr = parse_address(addr_text)
+    if not slash or rel in ("", "payload.bin"):
+        return addr, ""
+    if "\x00" in rel or "\\" in rel or rel.startswith("/"):
+        raise RonError(ErrorCode.BAD_REQUEST, "path leaves the bundle")
+    parts = PurePosixPath(rel).parts
+    if any(p in ("..", ".") for p in parts) or len(parts) != 1:
+        raise RonError(ErrorCode.BAD_REQUEST, "path leaves the bundle")
+    if rel != MANIFEST_NAME:
+        raise RonError(ErrorCode.NOT_FOUND, f"bundle has no file {rel!r}")
+    return addr, rel
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+async def _respond_head(send: Send, status: int, headers: Headers, length: int) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"content-length", str(length).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": b""})
+
+
+def _method_not_allowed(allow: str) -> Callable[[Scope, Receive, Send, str], Awaitable[None]]:
+    async def handler(scope: Scope, receive: Receive, send: Send, corr: str) -> None:
+        raise RonError(ErrorCode.BAD_REQUEST, f"method not allowed; use {allow}")
+
+    return handler
+
+
+async def _not_found(scope: Scope, receive: Receive, send: Send, corr: str) -> None:
+    raise RonError(ErrorCode.NOT_FOUND, "no such route")
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+__all__ = ["GatewayApp", "IntegrityError", "split_object_path"]

@@ -1,0 +1,103 @@
+"""GatewayService: uvicorn (httptools, uvloop) serving GatewayApp on the kernel's socket.
+
+The listening socket is the kernel's: a restarted gateway picks up the same port and
+the connections that queued in the backlog meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import uvicorn
+
+from ron.kernel.admin import EmbeddedServer
+from ron.kernel.config import Config
+from ron.proto.address import Address
+from ron.services.base import Service, ServiceContext
+from ron.services.gateway.app import GatewayApp
+from ron.services.index.service import index_path
+from ron.services.overlay.reader import ContentReader
+from ron.services.storage.store import ObjectStore
+
+log = logging.getLogger("ron.gateway")
+
+
+class GatewayService(Service):
+    name = "gateway"
+
+    async def start(self, ctx: ServiceContext) -> None:
+        self._ctx = ctx
+        self._settings = ctx.config.gateway
+        self._tasks: set[asyncio.Task[Any]] = set()
+        store = ObjectStore(ctx.data_dir)
+        store.ensure_dirs()
+        self.reader = ContentReader(
+            store, index_path(ctx.config), ctx.metrics, on_corrupt=self._report_corrupt
+        )
+        kernel = ctx.peers.get("kernel")
+        app = GatewayApp(
+            reader=self.reader,
+            store=store,
+            overlay=ctx.peers.get("overlay"),
+            metrics=ctx.metrics,
+            settings=self,
+            ready=kernel.ready,
+            node_metrics=kernel.metrics_text,
+        )
+        config = uvicorn.Config(
+            app,
+            loop="none",
+            http="httptools",
+            lifespan="off",
+            access_log=False,
+            log_level="warning",
+            timeout_keep_alive=int(ctx.config.gateway.keepalive_s),
+            timeout_graceful_shutdown=int(ctx.config.kernel.drain_timeout_s),
+            h11_max_incomplete_event_size=64 * 1024,
+        )
+        self._server = EmbeddedServer(config)
+        sock = ctx.listeners["http"]
+        self._serve = asyncio.create_task(self._server.serve(sockets=[sock]))
+        # uvicorn exposes readiness only as a flag; poll it briefly.
+        while not self._server.started and not self._serve.done():  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+        if self._serve.done():
+            self._serve.result()
+
+    @property
+    def enforce_payments(self) -> bool:
+        return self._settings.enforce_payments
+
+    @property
+    def max_put_bytes(self) -> int:
+        return self._settings.max_put_bytes
+
+    async def reconfigure(self, config: Config) -> None:
+        self._settings = config.gateway
+
+    def _report_corrupt(self, addr: Address, reason: str) -> None:
+        """Ask the overlay to quarantine a bundle; never blocks the failing request."""
+
+        async def report() -> None:
+            try:
+                await self._ctx.peers.get("overlay").quarantine(addr, reason)
+            except Exception as exc:
+                log.warning("quarantine request failed", extra={"err": str(exc)})
+
+        task = asyncio.create_task(report())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def health(self) -> tuple[bool, str]:
+        if self._serve.done():
+            return False, "http server stopped"
+        return True, "ok"
+
+    async def stop(self) -> None:
+        self._server.should_exit = True
+        with contextlib.suppress(Exception):
+            await self._serve
+        self.reader.close()

@@ -1,0 +1,1 @@
+"""The overlay: the only path from the gateways to index and storage."""

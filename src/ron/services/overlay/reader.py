@@ -1,0 +1,205 @@
+"""The overlay's read path, run inside each gateway and omnigate process.
+
+Reads are the hot path, so they do not cross a process boundary: the reader resolves
+addresses through a read-only connection to the index (SQLite WAL allows any number of
+reader processes beside the one writer) and reads bundle files directly. Every byte it
+yields has been, or is being, verified against the address: see :class:`ObjectStore`.
+
+Bundles are immutable, so resolved manifests are cached (bounded LRU); a cached entry is
+dropped when its files disappear (deletion, quarantine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import blake3
+
+from ron.kernel.metrics import Metrics
+from ron.proto.address import Address
+from ron.proto.envelope import ErrorCode, RonError
+from ron.proto.manifest import Manifest
+from ron.services.index.db import IndexDB
+from ron.services.storage.store import (
+    CHUNK,
+    SMALL_OBJECT,
+    IntegrityError,
+    ObjectStore,
+    iter_file,
+)
+
+CACHE_ENTRIES = 4096
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """A resolved bundle: its manifest and where its files are."""
+
+    manifest: Manifest
+    bundle: Path
+
+    @property
+    def hex(self) -> str:
+        return self.manifest.hash_hex
+
+    @property
+    def size(self) -> int:
+        return self.manifest.bytes
+
+    @property
+    def payload(self) -> Path:
+        return self.bundle / self.manifest.stored_filename
+
+
+class ContentReader:
+    """Resolve and read verified bytes; shared by every request of a process."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        index_path: Path,
+        metrics: Metrics,
+        on_corrupt: Callable[[Address, str], None] | None = None,
+    ) -> None:
+        self.store = store
+        self._index_path = index_path
+        self._index: IndexDB | None = None
+        self._cache: OrderedDict[str, ObjectInfo] = OrderedDict()
+        self._on_corrupt = on_corrupt
+        self.integrity_failures = metrics.counter(
+            "integrity_failures_total",
+            "Stored bytes that failed BLAKE3 verification (never served).",
+            ["kind"],
+        )
+        self.encoding_fallbacks = metrics.counter(
+            "encoding_fallbacks_total",
+            "Precompressed variants that failed verification; identity was served.",
+            ["coding"],
+        )
+
+    def _db(self) -> IndexDB | None:
+        if self._index is None:
+            if not self._index_path.exists():
+                return None
+            self._index = IndexDB(self._index_path, readonly=True)
+        return self._index
+
+    def close(self) -> None:
+        if self._index is not None:
+            self._index.close()
+
+    def stat(self, addr: Address) -> ObjectInfo:
+        """The bundle for ``addr``; ``not_found`` when the node does not hold it."""
+        cached = self._cache.get(addr.hex)
+        if cached is not None and (addr.tld is None or addr.tld == cached.manifest.tld):
+            self._cache.move_to_end(addr.hex)
+            return cached
+        bundle: Path | None = None
+        db = self._db()
+        record = db.resolve(addr.hex) if db is not None else None
+        if record is not None and (addr.tld is None or addr.tld == record.tld):
+            bundle = self.store.data_dir / record.bundle
+        elif addr.tld is not None:
+            bundle = self.store.bundle_dir(addr)
+        manifest = self.store.read_manifest_at(bundle) if bundle is not None else None
+        if manifest is None or bundle is None:
+            raise RonError(ErrorCode.NOT_FOUND, f"no object {addr.canonical} on this node")
+        info = ObjectInfo(manifest, bundle)
+        self._cache[addr.hex] = info
+        if len(self._cache) > CACHE_ENTRIES:
+            self._cache.popitem(last=False)
+        return info
+
+    def forget(self, hex_digest: str) -> None:
+        self._cache.pop(hex_digest, None)
+
+    def corrupt(self, info: ObjectInfo, kind: str, detail: str) -> IntegrityError:
+        """Count a failed verification, have the bundle quarantined, return the error."""
+        self.integrity_failures.labels(kind).inc()
+        self.forget(info.hex)
+        self.store.forget_verified(info.hex)
+        if self._on_corrupt is not None:
+            self._on_corrupt(info.manifest.address, f"{kind}: {detail}")
+        return IntegrityError(f"stored object failed verification ({kind}); not served")
+
+    # --- payload (identity) -----------------------------------------------------------
+
+    async def read_small(self, info: ObjectInfo) -> bytes:
+        """The whole payload of a small object, hashed before it is returned."""
+        try:
+            with open(info.payload, "rb") as f:
+                data = f.read(info.size + 1)
+        except FileNotFoundError:
+            self.forget(info.hex)
+            raise RonError(ErrorCode.NOT_FOUND, "object vanished") from None
+        if len(data) != info.size or blake3.blake3(data).hexdigest() != info.hex:
+            raise self.corrupt(info, "payload", "hash mismatch")
+        return data
+
+    def is_small(self, info: ObjectInfo) -> bool:
+        return info.size <= SMALL_OBJECT
+
+    def verified_now(self, info: ObjectInfo) -> bool:
+        """True when the payload file is byte-for-byte the one verified earlier."""
+        try:
+            st = os.stat(info.payload)
+        except FileNotFoundError:
+            return False
+        return st.st_size == info.size and self.store.is_verified(info.hex, st)
+
+    async def ensure_verified(self, info: ObjectInfo) -> None:
+        """Hash the whole payload (in a thread) unless it is known good; raise if bad."""
+        if self.verified_now(info):
+            return
+        ok = await asyncio.to_thread(self.store.verify_file, info.payload, info.hex, info.size)
+        if not ok:
+            raise self.corrupt(info, "payload", "hash mismatch")
+        self.store.record_verified(info.hex, info.payload)
+
+    async def stream_payload(self, info: ObjectInfo, start: int, end: int) -> AsyncIterator[bytes]:
+        """Chunks of ``start..end``; a full read of an unverified object verifies as it
+        goes and raises :class:`IntegrityError` *before the last chunk* on a mismatch,
+        so a corrupted object is never delivered complete."""
+        full = start == 0 and end == info.size - 1
+        if not full or self.verified_now(info):
+            if not full:
+                await self.ensure_verified(info)
+            async for chunk in iter_file(info.payload, start, end, CHUNK):
+                yield chunk
+            return
+        hasher = blake3.blake3()
+        held: bytes | None = None
+        async for chunk in iter_file(info.payload, start, end, CHUNK):
+            hasher.update(chunk)
+            if held is not None:
+                yield held
+            held = chunk
+        if hasher.hexdigest() != info.hex:
+            raise self.corrupt(info, "payload", "hash mismatch while streaming")
+        self.store.record_verified(info.hex, info.payload)
+        if held is not None:
+            yield held
+
+    # --- precompressed variants -------------------------------------------------------
+
+    async def read_encoding(self, info: ObjectInfo, coding: str) -> bytes | None:
+        """A verified precompressed variant, or None (caller falls back to identity)."""
+        enc = info.manifest.encoding(coding)
+        if enc is None:
+            return None
+        try:
+            with open(info.bundle / enc.filename, "rb") as f:
+                data = f.read(enc.bytes + 1)
+        except OSError:
+            self.encoding_fallbacks.labels(coding).inc()
+            return None
+        if len(data) != enc.bytes or blake3.blake3(data).hexdigest() != enc.hash_hex:
+            self.encoding_fallbacks.labels(coding).inc()
+            self.integrity_failures.labels(f"encoding_{coding}").inc()
+            return None
+        return data

@@ -1,0 +1,1 @@
+"""The storage service: bundles on disk, atomic writes, verified reads, scrub."""
