@@ -28,6 +28,10 @@ test: lint typecheck
 clean:
 	rm -rf $(VENV) .ron .pytest_cache .mypy_cache .ruff_cache
 
+# Benchmarks print ratios against baselines measured in the same run (BENCH=name to pick).
+bench: $(STAMP)
+	$(BIN)/python bench/run.py $(BENCH)
+
 # Fuzzing campaigns are long: never part of `make test` (which replays the corpus).
 FUZZ_SECONDS ?= 300
 fuzz: $(STAMP)

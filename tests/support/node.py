@@ -92,7 +92,7 @@ def run_node(
     data_dir = tmp / "data"
     config_file = None
     args = [RON, "up", "--data-dir", str(data_dir), "--admin", "127.0.0.1:0"]
-    args += ["--http", "127.0.0.1:0", *(extra_args or [])]
+    args += ["--http", "127.0.0.1:0", "--oap", "127.0.0.1:0", *(extra_args or [])]
     if config is not None:
         config_file = tmp / "ron.toml"
         config_file.write_text(config)

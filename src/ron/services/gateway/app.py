@@ -27,6 +27,7 @@ from ron.proto.httpsem import (
 )
 from ron.proto.manifest import Manifest, Relations
 from ron.services.gateway.asgi import (
+    ASGIApp,
     Headers,
     Message,
     Receive,
@@ -75,6 +76,7 @@ class GatewayApp:
         settings: GatewaySettings,
         ready: Callable[[], Awaitable[tuple[bool, dict[str, Any]]]],
         node_metrics: Callable[[], Awaitable[bytes]],
+        v1: ASGIApp | None = None,
     ) -> None:
         self.reader = reader
         self.store = store
@@ -83,6 +85,7 @@ class GatewayApp:
         self.settings = settings
         self._ready = ready
         self._node_metrics = node_metrics
+        self._v1 = v1
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -141,6 +144,8 @@ class GatewayApp:
             if method == "POST":
                 return "/put", self.put
             return "/put", _method_not_allowed("POST")
+        if path.startswith("/v1/") and self._v1 is not None:
+            return _v1_route(path), self.v1
         if path == "/healthz":
             return "/healthz", self.healthz
         if path == "/readyz":
@@ -163,6 +168,16 @@ class GatewayApp:
         if exc.code is ErrorCode.UNAVAILABLE and exc.retry_after is None:
             headers.append((b"retry-after", str(random.randint(1, 5)).encode()))
         await respond(send, exc.status, headers, json_body(exc.envelope(corr)), head=head)
+
+    async def v1(self, scope: Scope, receive: Receive, send: Send, corr: str) -> None:
+        """The JSON APIs under /v1 (mailbox, capabilities): a Starlette app of their own.
+
+        They are not on the content hot path, so routing by framework costs nothing
+        that matters; errors still leave as the envelope through ``__call__``.
+        """
+        assert self._v1 is not None
+        scope.setdefault("state", {})["corr_id"] = corr
+        await self._v1(scope, receive, send)
 
     # --- admin-style routes -------------------------------------------------------------
 
@@ -392,6 +407,12 @@ def split_object_path(rest: str) -> tuple[Address, str]:
     if rel != MANIFEST_NAME:
         raise RonError(ErrorCode.NOT_FOUND, f"bundle has no file {rel!r}")
     return addr, rel
+
+
+def _v1_route(path: str) -> str:
+    """A low-cardinality route label for /v1 paths: the first two segments only."""
+    parts = path.split("/")
+    return "/".join(parts[:3]) + ("/..." if len(parts) > 3 else "")
 
 
 def _num(value: float) -> str:

@@ -18,6 +18,7 @@ from ron.kernel.config import Config
 from ron.proto.address import Address
 from ron.services.base import Service, ServiceContext
 from ron.services.gateway.app import GatewayApp
+from ron.services.gateway.v1 import build_v1_app
 from ron.services.index.service import index_path
 from ron.services.overlay.reader import ContentReader
 from ron.services.storage.store import ObjectStore
@@ -46,6 +47,7 @@ class GatewayService(Service):
             settings=self,
             ready=kernel.ready,
             node_metrics=kernel.metrics_text,
+            v1=build_v1_app(ctx),
         )
         config = uvicorn.Config(
             app,
