@@ -1,0 +1,204 @@
+"""The applications omnigate serves over OAP/1, behind one small calling convention.
+
+An application is ``async def handler(request, reply)``: it reads the whole request
+(``request.payload``, already decompressed and reassembled from its frames), then either
+streams its answer through ``reply`` or raises :class:`RonError`, which becomes the
+error frame of its stream, even after part of a streamed reply went out (OAP-1 §11).
+The connection code owns framing, admission, budgets and metrics; an application never
+sees a socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Protocol
+
+from ron.proto.address import Address, parse_address
+from ron.proto.envelope import ErrorCode, RonError
+from ron.services.overlay.reader import ContentReader, ObjectInfo
+from ron.services.storage.store import iter_file
+
+KNOWN_OPS = frozenset({"get", "send", "recv", "ack", "nack", "delete", "subscribe"})
+"""Ops that may appear as the ``method`` label of ``requests_total`` (bounded set)."""
+PARSE_CACHE = 4096
+
+
+@dataclass(slots=True)
+class OapRequest:
+    """One complete request as an application sees it.
+
+    ``cap`` is the capability presented on START (a bearer secret: never log it).
+    ``op`` is set by the application once it has parsed the payload; it only labels
+    metrics.
+    """
+
+    corr_id: int
+    app_proto_id: int
+    tenant_id: int
+    cap: bytes
+    payload: bytes
+    op: str = "-"
+
+
+class Reply(Protocol):
+    """The reply direction of one stream."""
+
+    @property
+    def chunk_size(self) -> int:
+        """The most payload bytes one reply frame should carry (64 KiB by default)."""
+        ...
+
+    async def send(self, chunk: bytes | memoryview) -> None:
+        """One more reply frame (``RESP|START`` first, then ``RESP``); waits while the
+        peer is not reading, so a slow client throttles the handler, not our memory."""
+        ...
+
+    def end(self, payload: bytes = b"") -> None:
+        """The final ``RESP|END`` (code 0); for a streamed reply the payload is empty."""
+        ...
+
+
+AppHandler = Callable[[OapRequest, Reply], Awaitable[None]]
+
+
+def json_request(request: OapRequest) -> dict[str, Any]:
+    """The payload as a JSON object, and its ``op`` recorded on the request."""
+    try:
+        # Decoding first skips json's byte-encoding sniffing: this runs on every request.
+        body = json.loads(request.payload.decode())
+    except (ValueError, UnicodeDecodeError):
+        raise RonError(ErrorCode.BAD_REQUEST, "request payload is not JSON") from None
+    if not isinstance(body, dict):
+        raise RonError(ErrorCode.BAD_REQUEST, "request payload must be a JSON object")
+    op = body.get("op")
+    request.op = op if isinstance(op, str) and op in KNOWN_OPS else "other"
+    return body
+
+
+class StorageApp:
+    """Storage GET (app 0x0301): verified object bytes, by address or by tiles path.
+
+    Bytes by address come from the overlay's :class:`ContentReader`, under the same rule
+    as the HTTP gateway: nothing unverified is sent, and a corrupted object is never
+    delivered complete (the reader holds the last chunk back until the hash matched;
+    a mismatch ends the stream with an error frame instead of ``RESP|END``).
+    """
+
+    def __init__(self, reader: ContentReader, tiles_root: Callable[[], Path | None]) -> None:
+        self._reader = reader
+        self._tiles_root = tiles_root
+        self._parsed: dict[str, Address] = {}
+
+    async def __call__(self, request: OapRequest, reply: Reply) -> None:
+        body = json_request(request)
+        if body.get("op") != "get":
+            raise RonError(ErrorCode.BAD_REQUEST, 'storage supports only op "get"')
+        addr, path = body.get("addr"), body.get("path")
+        if (addr is None) == (path is None):
+            raise RonError(ErrorCode.BAD_REQUEST, 'give exactly one of "addr" and "path"')
+        if addr is not None:
+            if not isinstance(addr, str):
+                raise RonError(ErrorCode.BAD_REQUEST, '"addr" must be a string')
+            await self._by_address(addr, reply)
+        else:
+            if not isinstance(path, str):
+                raise RonError(ErrorCode.BAD_REQUEST, '"path" must be a string')
+            await self._by_path(path, reply)
+
+    def _parse(self, text: str) -> Address:
+        """``parse_address`` with a small cache: hot objects are asked for by the same
+        text over and over, and parsing is a pure function of it."""
+        addr = self._parsed.get(text)
+        if addr is None:
+            addr = parse_address(text)
+            if len(self._parsed) >= PARSE_CACHE:
+                self._parsed.clear()
+            self._parsed[text] = addr
+        return addr
+
+    async def _by_address(self, text: str, reply: Reply) -> None:
+        info = self._reader.stat(self._parse(text))
+        if self._reader.is_small(info):
+            data = await self._reader.read_small(info)
+            await _send_bytes(data, reply)
+            return
+        await self._stream(info, reply)
+
+    async def _stream(self, info: ObjectInfo, reply: Reply) -> None:
+        size = reply.chunk_size
+        async for chunk in self._reader.stream_payload(info, 0, info.size - 1):
+            if len(chunk) <= size:
+                await reply.send(chunk)
+                continue
+            # The reader reads more than one frame's worth at a time (fewer syscalls);
+            # its chunk is cut into frames without copying.
+            view = memoryview(chunk)
+            for offset in range(0, len(chunk), size):
+                await reply.send(view[offset : offset + size])
+        reply.end()
+
+    async def _by_path(self, text: str, reply: Reply) -> None:
+        root = self._tiles_root()
+        if root is None:
+            raise RonError(ErrorCode.NOT_FOUND, "no tiles root is configured")
+        file = resolve_tile(root, text)
+        try:
+            st = os.stat(file)
+        except OSError:
+            raise RonError(ErrorCode.NOT_FOUND, "no such tile") from None
+        if st.st_size:
+            async for chunk in iter_file(file, 0, st.st_size - 1, reply.chunk_size):
+                await reply.send(chunk)
+        reply.end()
+
+
+def resolve_tile(root: Path, text: str) -> Path:
+    """``/tiles/12/654/1583.webp`` -> a file under ``root``; anything escaping it is 400.
+
+    The path is taken relative to ``root`` (a leading ``/`` is dropped). ``..``, ``.``,
+    empty segments, backslashes and NUL are refused outright rather than normalised, and
+    the resolved file (symlinks followed) must still lie inside the resolved root.
+    """
+    if "\\" in text or "\0" in text or len(text) > 4096:
+        raise RonError(ErrorCode.BAD_REQUEST, "bad tile path")
+    parts = text.removeprefix("/").split("/")
+    if not parts or any(p in ("", ".", "..") for p in parts):
+        raise RonError(ErrorCode.BAD_REQUEST, "bad tile path")
+    base = root.resolve()
+    candidate = (base / PurePosixPath(*parts)).resolve()
+    if not candidate.is_relative_to(base) or candidate == base:
+        raise RonError(ErrorCode.BAD_REQUEST, "tile path leaves the tiles root")
+    if not candidate.is_file():
+        raise RonError(ErrorCode.NOT_FOUND, "no such tile")
+    return candidate
+
+
+async def _send_bytes(data: bytes, reply: Reply) -> None:
+    size = reply.chunk_size
+    if len(data) <= size:
+        if data:
+            await reply.send(data)
+    else:
+        view = memoryview(data)
+        for offset in range(0, len(data), size):
+            await reply.send(view[offset : offset + size])
+    reply.end()
+
+
+async def mailbox_unavailable(request: OapRequest, reply: Reply) -> None:
+    """MAILBOX DISPATCH POINT (app 0x0201).
+
+    The mailbox service is being built separately; until it lands every mailbox request
+    is answered 404. Replace this handler (see ``OmnigateService._apps``) with one that
+    parses the op (:func:`json_request`) and calls the mailbox peer. A ``subscribe``
+    that must start before the request's END will also need the connection to dispatch
+    at START rather than at END (``OapServerProtocol._on_start``).
+    """
+    with contextlib.suppress(RonError):
+        json_request(request)  # only to label the metrics with the op
+    raise RonError(ErrorCode.NOT_FOUND, "mailbox not available")

@@ -1,0 +1,184 @@
+"""What every connection of one omnigate process shares: settings, admission, metrics.
+
+Admission happens once per request, at its START: the global inflight cap first (503;
+cheap and stateless, and a refusal there does not charge the tenant), then the
+(tenant, app) token bucket (429 with ``retry_after_ms``). An admitted request holds its
+inflight slot until its reply has ended, including while its request frames are still
+arriving, so a client cannot park unbounded work by never sending END.
+
+Settings are read through :attr:`Gate.settings` on every decision, so a config reload
+applies to the next request; only per-connection limits (``max_frame``, budgets) apply
+from the next connection on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ron import __version__
+from ron.kernel.config import OmnigateConfig
+from ron.kernel.metrics import Metrics, status_class
+from ron.proto.envelope import ErrorCode, RonError
+from ron.proto.oap import AppId, OapLimits, ServerInfo
+from ron.quota.bucket import BucketTable
+from ron.services.omnigate.apps import AppHandler
+
+SERVER_VERSION = f"ron-omnigate/{__version__}"
+HANDSHAKE_GRACE_S = 0.5
+"""A handshake still pending this long after its deadline has certainly failed."""
+BUSY_RETRY_S = (0.1, 0.5)
+"""A 503 for a full inflight cap asks the client back after this (jittered) delay."""
+
+
+@dataclass(frozen=True, slots=True)
+class App:
+    """An application id served here: its metrics route name and its handler."""
+
+    name: str
+    handler: AppHandler
+    eager: bool = False
+    """Start the handler inline in the connection's callback (no task until it first
+    suspends). Only for handlers that need no task context before their first real
+    wait (no ``asyncio.timeout``/``current_task`` at the start), like storage GET."""
+
+
+def _rate(settings: OmnigateConfig, app_proto_id: int) -> float | None:
+    if app_proto_id == AppId.STORAGE:
+        return settings.storage_rps
+    if app_proto_id == AppId.MAILBOX:
+        return settings.mailbox_rps
+    return None
+
+
+class Gate:
+    """Shared per-process state of omnigate; single-threaded (the event loop's)."""
+
+    def __init__(
+        self, settings: OmnigateConfig, metrics: Metrics, apps: Mapping[int, App], *, tls: bool
+    ) -> None:
+        self.metrics = metrics
+        self.apps = dict(apps)
+        self.tls = tls
+        self.inflight = 0
+        self._buckets: BucketTable[tuple[int, int]] = BucketTable(settings.quota_table_size)
+        self._children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
+        self._rejected: dict[str, Any] = {}
+        self.connections = metrics.gauge("oap_connections", "Open OAP/1 connections.")
+        # Read at scrape time: no gauge update (and its lock) on the request path.
+        metrics.inflight.set_function(lambda: self.inflight)
+        # Connections accepted whose TLS handshake has not completed, with their accept
+        # time: the loop drops failed handshakes silently, so a sweep counts them.
+        self.handshaking: dict[object, float] = {}
+        self.live: set[Any] = set()  # serving connections, closed on stop
+        self._drained: asyncio.Event | None = None
+        self.apply(settings)
+
+    def apply(self, settings: OmnigateConfig) -> None:
+        """Take a new settings snapshot (start and config reloads)."""
+        self.settings = settings
+        self.limits = OapLimits(
+            max_frame=settings.max_frame,
+            max_streams=settings.max_streams,
+            max_stream_frames=settings.max_stream_frames,
+            max_stream_bytes=settings.max_stream_bytes,
+        )
+        self.info = ServerInfo(
+            server_version=SERVER_VERSION,
+            max_inflight=settings.max_inflight,
+            transports=("tcp+tls",) if self.tls else ("tcp",),
+        )
+        self._buckets.resize(settings.quota_table_size)
+
+    # --- admission ------------------------------------------------------------------
+
+    def admit(self, app: App, app_proto_id: int, tenant_id: int) -> RonError | None:
+        """Take an inflight slot and a token, or say why not (the error to send)."""
+        settings = self.settings
+        if self.inflight >= settings.max_inflight:
+            self.reject("inflight")
+            return RonError(
+                ErrorCode.UNAVAILABLE,
+                "server busy: too many requests in flight",
+                retry_after=round(random.uniform(*BUSY_RETRY_S), 3),
+            )
+        rate = _rate(settings, app_proto_id)
+        if rate is not None:
+            wait = self._buckets.take(
+                (tenant_id, app_proto_id),
+                rate=rate,
+                burst=max(1.0, rate * settings.burst_factor),
+                now=time.monotonic(),
+            )
+            if wait is not None:
+                self.metrics.quota_exhaustions_total.labels(app.name).inc()
+                return RonError(
+                    ErrorCode.QUOTA_EXHAUSTED,
+                    "tenant quota exhausted",
+                    retry_after=max(0.001, round(wait, 3)),
+                )
+        self.inflight += 1
+        return None
+
+    def sweep_handshakes(self, now: float) -> int:
+        """Count and forget handshakes older than the handshake timeout (they failed)."""
+        deadline = now - self.settings.handshake_timeout_s - HANDSHAKE_GRACE_S
+        failed = [proto for proto, accepted in self.handshaking.items() if accepted < deadline]
+        for proto in failed:
+            del self.handshaking[proto]
+            self.reject("tls_handshake")
+        return len(failed)
+
+    def release(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0 and self._drained is not None:
+            self._drained.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until no request is in flight; False at the deadline."""
+        if self.inflight == 0:
+            return True
+        self._drained = asyncio.Event()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._drained.wait()
+        except TimeoutError:
+            return False
+        finally:
+            self._drained = None
+        return True
+
+    # --- metrics --------------------------------------------------------------------
+
+    def reject(self, reason: str) -> None:
+        """Count a refusal under a reason from a fixed vocabulary (low cardinality)."""
+        child = self._rejected.get(reason)
+        if child is None:
+            child = self._rejected[reason] = self.metrics.rejected_total.labels(reason)
+        child.inc()
+
+    def record(
+        self, route: str, method: str, status: int, started: float, nbytes_in: int, nbytes: int
+    ) -> None:
+        """One finished request in the golden metrics (children cached: hot path)."""
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:
+            m = self.metrics
+            children = (
+                m.requests_total.labels(route, method, status_class(status)),
+                m.request_latency_seconds.labels(route),
+                (m.bytes_in_total.labels(route), m.bytes_out_total.labels(route)),
+            )
+            self._children[key] = children
+        requests, latency, (bytes_in, bytes_out) = children
+        requests.inc()
+        latency.observe(time.perf_counter() - started)
+        if nbytes_in:
+            bytes_in.inc(nbytes_in)
+        if nbytes:
+            bytes_out.inc(nbytes)

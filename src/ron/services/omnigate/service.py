@@ -1,0 +1,139 @@
+"""OmnigateService: the OAP/1 server on the kernel's ``oap`` socket.
+
+TLS 1.3 with ALPN ``ron/1`` unless ``omnigate.tls = false`` (plain TCP is never a
+fallback, only a configured choice). Storage GETs read verified bytes in-process through
+the overlay's :class:`ContentReader`, exactly as the HTTP gateway does; a corrupted
+bundle is reported to the overlay for quarantine.
+
+The listening socket is the kernel's and is duplicated here, so stopping this service
+(or a restart in ``--single-process`` mode) never closes the kernel's copy: queued
+connections wait in the backlog for the next incarnation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from ron.kernel.config import Config, OmnigateConfig
+from ron.proto.address import Address
+from ron.proto.oap import AppId
+from ron.services.base import Service, ServiceContext
+from ron.services.index.service import index_path
+from ron.services.omnigate.apps import StorageApp, mailbox_unavailable
+from ron.services.omnigate.gate import App, Gate
+from ron.services.omnigate.server import OapServerProtocol
+from ron.services.omnigate.tls import TlsFiles, ensure_dev_certs, server_context
+from ron.services.overlay.reader import ContentReader
+from ron.services.storage.store import ObjectStore
+
+log = logging.getLogger("ron.omnigate")
+
+
+def tls_files(config: Config) -> TlsFiles:
+    """The certificate files omnigate serves, generating the development ones if needed.
+
+    Operator-supplied ``cert_file`` + ``key_file`` are used as they are; otherwise the
+    development CA and server certificate live under ``<data_dir>/tls/``.
+    """
+    settings = config.omnigate
+    if settings.cert_file is not None and settings.key_file is not None:
+        return TlsFiles(settings.cert_file, settings.key_file, settings.ca_file)
+    return ensure_dev_certs(config.data_dir, ca=settings.ca_file)
+
+
+class OmnigateService(Service):
+    name = "omnigate"
+
+    async def start(self, ctx: ServiceContext) -> None:
+        self._ctx = ctx
+        self._tasks: set[asyncio.Task[Any]] = set()
+        settings = ctx.config.omnigate
+        self._tls = settings.tls
+        store = ObjectStore(ctx.data_dir)
+        store.ensure_dirs()
+        self.reader = ContentReader(
+            store, index_path(ctx.config), ctx.metrics, on_corrupt=self._report_corrupt
+        )
+        self.gate = Gate(settings, ctx.metrics, self._apps(), tls=self._tls)
+        ssl_context = None
+        if self._tls:
+            self._files = await asyncio.to_thread(tls_files, ctx.config)
+            ssl_context = server_context(self._files)
+        loop = asyncio.get_running_loop()
+        self._sock = ctx.listeners["oap"].dup()
+        self._server = await loop.create_server(
+            self._protocol,
+            sock=self._sock,
+            ssl=ssl_context,
+            ssl_handshake_timeout=settings.handshake_timeout_s if self._tls else None,
+            start_serving=True,
+        )
+        self._sweeper = asyncio.create_task(self._sweep_handshakes())
+
+    def _apps(self) -> dict[int, App]:
+        """Application id -> handler. The mailbox entry is the dispatch point to replace
+        once the mailbox service exists (see :func:`mailbox_unavailable`)."""
+        return {
+            AppId.STORAGE: App("storage", StorageApp(self.reader, self._tiles_root), eager=True),
+            AppId.MAILBOX: App("mailbox", mailbox_unavailable),
+        }
+
+    def _tiles_root(self) -> Path | None:
+        return self.gate.settings.tiles_root
+
+    def _protocol(self) -> OapServerProtocol:
+        proto = OapServerProtocol(self.gate)
+        if self._tls:
+            self.gate.handshaking[proto] = asyncio.get_running_loop().time()
+        return proto
+
+    async def _sweep_handshakes(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(max(0.1, self.gate.settings.handshake_timeout_s / 2))
+            self.gate.sweep_handshakes(loop.time())
+
+    @property
+    def settings(self) -> OmnigateConfig:
+        return self.gate.settings
+
+    async def reconfigure(self, config: Config) -> None:
+        """Limits, quotas, timeouts and the tiles root follow a reload; ``tls`` and the
+        certificate paths need a restart (the listener was set up with them)."""
+        self.gate.apply(config.omnigate)
+
+    def _report_corrupt(self, addr: Address, reason: str) -> None:
+        """Ask the overlay to quarantine a bundle; never blocks the failing request."""
+
+        async def report() -> None:
+            try:
+                await self._ctx.peers.get("overlay").quarantine(addr, reason)
+            except Exception as exc:
+                log.warning("quarantine request failed", extra={"err": str(exc)})
+
+        task = asyncio.create_task(report())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def health(self) -> tuple[bool, str]:
+        if not self._server.is_serving():
+            return False, "oap server stopped"
+        return True, "ok"
+
+    async def stop(self) -> None:
+        """Stop accepting, let admitted requests finish (up to the drain timeout), close."""
+        self._sweeper.cancel()
+        self._server.close()
+        for proto in list(self.gate.live):
+            proto.drop_pending()
+        if not await self.gate.drain(self._ctx.config.kernel.drain_timeout_s):
+            log.warning("omnigate stopped with requests still in flight")
+        for proto in list(self.gate.live):
+            proto.shutdown()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._server.wait_closed(), 1.0)
+        self.reader.close()
