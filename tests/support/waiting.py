@@ -36,3 +36,11 @@ def wait_until_sync(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.01)
+
+
+def let_time_pass(seconds: float) -> None:
+    """Let wall-clock time pass because the behaviour under test is defined by it (a
+    Retry-After, a refill). Never use this to wait for something to happen."""
+    import threading
+
+    threading.Event().wait(seconds)

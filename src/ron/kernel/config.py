@@ -88,16 +88,180 @@ class SupervisorConfig:
 
 
 @dataclass(frozen=True)
+class QuotaConfig:
+    """Token buckets per tenant: requests/s and bytes/s, each with a burst."""
+
+    enabled: bool = True
+    rps: float = 200.0
+    burst: float = 400.0
+    bytes_per_s: float = 64 * 1024 * 1024
+    bytes_burst: float = 128 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        for name in ("rps", "burst", "bytes_per_s", "bytes_burst"):
+            _positive(f"quota.{name}", getattr(self, name))
+
+
+@dataclass(frozen=True)
+class TenantConfig:
+    """A named tenant: the API keys that select it and optional quota overrides."""
+
+    api_keys: tuple[str, ...] = ()
+    rps: float | None = None
+    burst: float | None = None
+    bytes_per_s: float | None = None
+    bytes_burst: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("rps", "burst", "bytes_per_s", "bytes_burst"):
+            value = getattr(self, name)
+            if value is not None:
+                _positive(f"tenant {name}", value)
+        if any(len(k) < 16 for k in self.api_keys):
+            raise ConfigError("tenant api_keys must be at least 16 characters")
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """The HTTP gateway's knobs."""
 
     enforce_payments: bool = False
     max_put_bytes: int = 1 << 30
     keepalive_s: float = 15.0
+    workers: int = 1
+    max_inflight: int = 512
+    degraded_ratio: float = 0.9
+    max_header_bytes: int = 64 * 1024
+    header_timeout_s: float = 2.0
+    read_idle_timeout_s: float = 15.0
+    write_timeout_s: float = 10.0
+    max_decoded_bytes: int = 8 * 1024 * 1024
+    max_decode_ratio: float = 10.0
+    request_metrics: bool = True
+    quota: QuotaConfig = field(default_factory=QuotaConfig)
+    tenants: dict[str, TenantConfig] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _positive("gateway.max_put_bytes", self.max_put_bytes)
         _positive("gateway.keepalive_s", self.keepalive_s)
+        _positive("gateway.max_inflight", self.max_inflight)
+        _positive("gateway.max_header_bytes", self.max_header_bytes)
+        _positive("gateway.header_timeout_s", self.header_timeout_s)
+        _positive("gateway.read_idle_timeout_s", self.read_idle_timeout_s)
+        _positive("gateway.write_timeout_s", self.write_timeout_s)
+        _positive("gateway.max_decoded_bytes", self.max_decoded_bytes)
+        _positive("gateway.max_decode_ratio", self.max_decode_ratio)
+        if not 1 <= self.workers <= 32:
+            raise ConfigError("gateway.workers must be 1-32")
+        if not 0 < self.degraded_ratio <= 1:
+            raise ConfigError("gateway.degraded_ratio must be in (0, 1]")
+        seen: set[str] = set()
+        for tenant in self.tenants.values():
+            for key in tenant.api_keys:
+                if key in seen:
+                    raise ConfigError("an api key is listed for two tenants")
+                seen.add(key)
+
+
+@dataclass(frozen=True)
+class OmnigateConfig:
+    """The OAP/1 server's knobs (docs/specs/OAP-1.md §16).
+
+    ``tls`` and the certificate paths apply when the service starts; everything else
+    follows a config reload. Unset certificate paths mean the development CA and server
+    certificate generated under ``<data_dir>/tls/`` on first start.
+    """
+
+    tls: bool = True
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = None
+    max_frame: int = 1_048_576
+    max_inflight: int = 128
+    max_streams: int = 128
+    max_stream_frames: int = 4096
+    max_stream_bytes: int = 16 * 1024 * 1024
+    storage_rps: float = 50.0
+    mailbox_rps: float = 100.0
+    burst_factor: float = 2.0
+    quota_table_size: int = 65_536
+    handshake_timeout_s: float = 2.0
+    idle_timeout_s: float = 15.0
+    write_timeout_s: float = 10.0
+    tiles_root: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not 33 <= self.max_frame <= 0xFFFF_FFFF:
+            raise ConfigError("omnigate.max_frame must be within 33..4294967295")
+        for name in (
+            "max_inflight",
+            "max_streams",
+            "max_stream_frames",
+            "max_stream_bytes",
+            "storage_rps",
+            "mailbox_rps",
+            "quota_table_size",
+            "handshake_timeout_s",
+            "idle_timeout_s",
+            "write_timeout_s",
+        ):
+            _positive(f"omnigate.{name}", getattr(self, name))
+        if self.burst_factor < 1:
+            raise ConfigError("omnigate.burst_factor must be >= 1")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ConfigError("omnigate.cert_file and omnigate.key_file go together")
+
+
+MAILBOX_TOPIC_RE = r"[A-Za-z0-9._-]{1,128}"
+MAILBOX_HARD_MAX_PAYLOAD = 1 << 20  # one IPC frame / one OAP frame carries a whole message
+MAILBOX_SYNC_MODES = ("normal", "full")
+
+
+@dataclass(frozen=True)
+class MailboxConfig:
+    """The mailbox service's knobs (docs/specs/HTTP-API.md, REFERENCE §6)."""
+
+    db: Path | None = None
+    in_memory: bool = False
+    synchronous: str = "normal"
+    max_payload_bytes: int = MAILBOX_HARD_MAX_PAYLOAD
+    dedup_window_s: float = 300.0
+    max_deliveries: int = 5
+    max_deliveries_by_topic: dict[str, int] = field(default_factory=dict)
+    default_visibility_s: float = 30.0
+    max_visibility_s: float = 43200.0
+    max_wait_s: float = 20.0
+    max_waiters: int = 128
+    subscribe_max_unacked: int = 10
+
+    def __post_init__(self) -> None:
+        import re
+
+        if self.synchronous not in MAILBOX_SYNC_MODES:
+            raise ConfigError("mailbox.synchronous must be normal or full")
+        if not 0 < self.max_payload_bytes <= MAILBOX_HARD_MAX_PAYLOAD:
+            raise ConfigError(f"mailbox.max_payload_bytes must be 1..{MAILBOX_HARD_MAX_PAYLOAD}")
+        _positive("mailbox.dedup_window_s", self.dedup_window_s)
+        _positive("mailbox.default_visibility_s", self.default_visibility_s)
+        _positive("mailbox.max_visibility_s", self.max_visibility_s)
+        if self.default_visibility_s > self.max_visibility_s:
+            raise ConfigError("mailbox.default_visibility_s must be <= max_visibility_s")
+        if not 0 <= self.max_wait_s <= 20:
+            raise ConfigError("mailbox.max_wait_s must be 0..20")
+        if not 1 <= self.max_waiters <= 200:
+            raise ConfigError("mailbox.max_waiters must be 1..200")
+        if not 1 <= self.subscribe_max_unacked <= 100:
+            raise ConfigError("mailbox.subscribe_max_unacked must be 1..100")
+        if self.max_deliveries < 1:
+            raise ConfigError("mailbox.max_deliveries must be >= 1")
+        for topic, limit in self.max_deliveries_by_topic.items():
+            if not re.fullmatch(MAILBOX_TOPIC_RE, topic):
+                raise ConfigError(f"mailbox.max_deliveries_by_topic: bad topic {topic!r}")
+            if limit < 1:
+                raise ConfigError(f"mailbox.max_deliveries_by_topic.{topic} must be >= 1")
+
+    def max_deliveries_for(self, topic: str) -> int:
+        return self.max_deliveries_by_topic.get(topic, self.max_deliveries)
 
 
 @dataclass(frozen=True)
@@ -115,6 +279,8 @@ class Config:
     kernel: KernelConfig = field(default_factory=KernelConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    mailbox: MailboxConfig = field(default_factory=MailboxConfig)
+    omnigate: OmnigateConfig = field(default_factory=OmnigateConfig)
 
     def __post_init__(self) -> None:
         parse_hostport(self.admin)

@@ -87,6 +87,7 @@ class HealthState:
                 for name, h in sorted(self._services.items())
                 if h.required and not h.ok
             )
+            why.extend(f"degraded:{name}" for name in sorted(self._degraded))
             return why
 
     def ready(self) -> bool:

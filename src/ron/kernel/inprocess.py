@@ -59,7 +59,7 @@ class InProcessHost:
         return self._services
 
     async def start(self) -> None:
-        peers = LocalPeers({"kernel": self._kernel, **self._services})
+        peers = LocalPeers(self._services, kernel=self._kernel)
         for spec in self._specs:  # specs come in dependency order
             service = load_target(spec.target)()
             metrics = Metrics()
@@ -82,6 +82,7 @@ class InProcessHost:
     def _check(self) -> None:
         for name, service in self._services.items():
             ok, detail = service.health()
+            self._health.set_degraded(name, service.degraded())
             if self._health.set(name, ok, detail):
                 self._bus.publish(KernelEvent.Health(name, ok))
 

@@ -139,7 +139,8 @@ class Node:
         admin_sock = bind_tcp(self.config.admin)
         self.urls["admin"] = url_of(admin_sock)
         for name, sock in self.listeners.items():
-            self.urls[name] = url_of(sock, "tcp" if name == "oap" else "http")
+            oap_scheme = "tls" if self.config.omnigate.tls else "tcp"
+            self.urls[name] = url_of(sock, oap_scheme if name == "oap" else "http")
         self.health.set_config_loaded(True)
         self._kernel_ipc = IpcServer(self._kernel_handlers(), name="kernel")
         await self._kernel_ipc.start_unix(str(self.run_dir / KERNEL_SOCKET))

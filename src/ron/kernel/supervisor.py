@@ -380,6 +380,8 @@ class Supervisor:
                 reply = await child.client.call("sys.health", timeout=max(1.0, interval))
                 failures = 0
                 self._set_health(child, bool(reply.get("ok")), str(reply.get("detail", "")))
+                degraded = reply.get("degraded")
+                self._health.set_degraded(child.spec.name, str(degraded) if degraded else None)
             except Exception as exc:
                 failures += 1
                 self._set_health(child, False, f"not answering: {exc}")
@@ -391,6 +393,8 @@ class Supervisor:
 
     def _set_health(self, child: _Child, ok: bool, detail: str) -> None:
         name = child.spec.name
+        if not ok:
+            self._health.set_degraded(name, None)
         if self._health.set(name, ok, detail):
             self._bus.publish(KernelEvent.Health(name, ok))
         self._up.labels(name).set(1 if ok else 0)

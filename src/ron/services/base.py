@@ -62,6 +62,10 @@ class Service(abc.ABC):
     def health(self) -> tuple[bool, str]:
         return True, "ok"
 
+    def degraded(self) -> str | None:
+        """Why the service is degraded (still serving reads, refusing writes), or None."""
+        return None
+
     def handlers(self) -> Mapping[str, Handler]:
         return {}
 

@@ -46,10 +46,13 @@ class IpcPeers:
 class LocalPeers:
     """Peers in this process (``--single-process``): the service objects themselves."""
 
-    def __init__(self, services: Mapping[str, Any]) -> None:
-        self._services = services
+    def __init__(self, services: Mapping[str, Any], kernel: Any = None) -> None:
+        self._services = services  # live: services started later are found too
+        self._kernel = kernel
 
     def get(self, name: str) -> Any:
+        if name == "kernel" and self._kernel is not None:
+            return self._kernel
         return self._services[name]
 
     async def close(self) -> None:

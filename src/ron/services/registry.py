@@ -6,6 +6,8 @@ picks a subset (an empty list means all of them).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ron.kernel.config import Config, ConfigError
 from ron.kernel.spec import ServiceSpec
 
@@ -27,16 +29,41 @@ BUILTIN_SPECS: tuple[ServiceSpec, ...] = (
         depends=("index", "storage"),
     ),
     ServiceSpec(
+        name="mailbox",
+        target="ron.services.mailbox.service:MailboxService",
+        client="ron.services.mailbox.service:MailboxClient",
+    ),
+    ServiceSpec(
         name="gateway",
         target="ron.services.gateway.service:GatewayService",
         listeners=("http",),
+        depends=("overlay",),
+    ),
+    ServiceSpec(
+        name="omnigate",
+        target="ron.services.omnigate.service:OmnigateService",
+        listeners=("oap",),
         depends=("overlay",),
     ),
 )
 
 
 def specs_for(config: Config) -> list[ServiceSpec]:
-    """The specs ``config.services`` selects, keeping dependency order."""
+    """The specs ``config.services`` selects, keeping dependency order, with one spec per
+    gateway worker (``gateway``, ``gateway-2``...): workers share the listening socket."""
+    return _expand_workers(_select(config), config.gateway.workers)
+
+
+def _expand_workers(specs: list[ServiceSpec], workers: int) -> list[ServiceSpec]:
+    out: list[ServiceSpec] = []
+    for spec in specs:
+        out.append(spec)
+        if spec.name == "gateway":
+            out.extend(replace(spec, name=f"gateway-{i}") for i in range(2, workers + 1))
+    return out
+
+
+def _select(config: Config) -> list[ServiceSpec]:
     if not config.services:
         return list(BUILTIN_SPECS)
     known = {s.name: s for s in BUILTIN_SPECS}

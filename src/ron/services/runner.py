@@ -47,7 +47,7 @@ def control_handlers(service: Service, metrics: Metrics, on_config: Any = None) 
 
     async def sys_health(args: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
         ok, detail = service.health()
-        return {"ok": ok, "detail": detail, "pid": os.getpid()}
+        return {"ok": ok, "detail": detail, "pid": os.getpid(), "degraded": service.degraded()}
 
     async def sys_metrics(args: dict[str, Any], ctx: CallContext) -> str:
         return metrics.render().decode()

@@ -7,10 +7,12 @@ route template, never its raw path.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import PurePosixPath
 from typing import Any, Protocol
 from urllib.parse import parse_qs
@@ -26,6 +28,7 @@ from ron.proto.httpsem import (
     parse_range,
 )
 from ron.proto.manifest import Manifest, Relations
+from ron.services.gateway.admission import Admission, Admitted
 from ron.services.gateway.asgi import (
     ASGIApp,
     Headers,
@@ -37,6 +40,8 @@ from ron.services.gateway.asgi import (
     json_body,
     respond,
 )
+from ron.services.gateway.decode import DecodeRejected, decode_body, parse_content_encoding
+from ron.services.gateway.limits import QuotaExhausted, ratelimit_headers
 from ron.services.overlay.reader import ContentReader, ObjectInfo
 from ron.services.storage.service import manifest_summary
 from ron.services.storage.store import IntegrityError, ObjectStore
@@ -63,6 +68,22 @@ class GatewaySettings(Protocol):
     def max_put_bytes(self) -> int: ...
 
 
+_Handler = Callable[[Scope, Receive, Send, str], Awaitable[None]]
+
+
+class _Exchange:
+    """Per-request bookkeeping for metrics and the request log line."""
+
+    __slots__ = ("received", "sent", "started", "status", "tenant")
+
+    def __init__(self) -> None:
+        self.status = 500
+        self.started = False
+        self.sent = 0
+        self.received = 0
+        self.tenant: str | None = None
+
+
 class GatewayApp:
     """The raw ASGI application one gateway process serves."""
 
@@ -76,6 +97,7 @@ class GatewayApp:
         settings: GatewaySettings,
         ready: Callable[[], Awaitable[tuple[bool, dict[str, Any]]]],
         node_metrics: Callable[[], Awaitable[bytes]],
+        admission: Admission,
         v1: ASGIApp | None = None,
     ) -> None:
         self.reader = reader
@@ -86,6 +108,7 @@ class GatewayApp:
         self._ready = ready
         self._node_metrics = node_metrics
         self._v1 = v1
+        self.admission = admission
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -97,62 +120,101 @@ class GatewayApp:
         method: str = scope["method"]
         path: str = scope["path"]
         corr = sane_corr_id(header(scope, b"x-corr-id"))
-        route, handler = self._route(method, path)
-        status_box = [500]
-        sent = [0]
+        route, handler, limited, write = self._route(method, path)
+        state = _Exchange()
+        scope.setdefault("state", {})["exchange"] = state
+        extra_headers: Headers = [(b"x-corr-id", corr.encode())]
 
-        async def counting_send(message: Message) -> None:
+        async def tracking_send(message: Message) -> None:
             if message["type"] == "http.response.start":
-                status_box[0] = message["status"]
-                message["headers"] = [*message["headers"], (b"x-corr-id", corr.encode())]
+                state.status = message["status"]
+                state.started = True
+                message["headers"] = [*message["headers"], *extra_headers]
             elif message["type"] == "http.response.body":
-                sent[0] += len(message.get("body", b""))
+                state.sent += len(message.get("body", b""))
             await send(message)
 
-        m = self.metrics
-        m.inflight.inc()
+        admission = self.admission
+        head = method == "HEAD"
+        if limited:  # health, readiness and metrics never count as load
+            admission.begin()
         try:
-            await handler(scope, receive, counting_send, corr)
+            if limited:
+                client = scope.get("client")
+                admitted = await admission.admit(
+                    route=route,
+                    write=write,
+                    api_key=header(scope, b"x-api-key"),
+                    client_host=client[0] if client else None,
+                )
+                state.tenant = admitted.tenant.id if admitted.tenant else None
+                scope["state"]["admitted"] = admitted
+                if admitted.verdict is not None and admitted.tenant is not None:
+                    extra_headers.extend(ratelimit_headers(admitted.tenant, admitted.verdict))
+            await handler(scope, receive, tracking_send, corr)
         except RonError as exc:
-            await self._error(counting_send, exc, corr, method == "HEAD", started=sent[0] > 0)
+            if isinstance(exc, QuotaExhausted):
+                extra_headers.extend(ratelimit_headers(exc.tenant, exc.verdict))
+            if isinstance(exc, DecodeRejected):
+                self.metrics.rejected_total.labels(exc.reason).inc()
+            await self._error(tracking_send, exc, corr, head, started=state.started)
         except Exception:
             log.exception("unhandled error", extra={"corr_id": corr, "route": route})
             await self._error(
-                counting_send,
+                tracking_send,
                 RonError(ErrorCode.INTERNAL, "internal error"),
                 corr,
-                method == "HEAD",
-                started=sent[0] > 0,
+                head,
+                started=state.started,
             )
         finally:
-            m.inflight.dec()
+            if limited:
+                admission.end()
             elapsed = time.perf_counter() - started
-            m.requests_total.labels(route, method, status_class(status_box[0])).inc()
-            m.request_latency_seconds.labels(route).observe(elapsed)
-            m.bytes_out_total.labels(route).inc(sent[0])
+            if admission.config.request_metrics:
+                m = self.metrics
+                m.requests_total.labels(route, method, status_class(state.status)).inc()
+                m.request_latency_seconds.labels(route).observe(elapsed)
+                m.bytes_out_total.labels(route).inc(state.sent)
+                m.bytes_in_total.labels(route).inc(state.received)
+            log.info(
+                "request",
+                extra={
+                    "corr_id": corr,
+                    "route": route,
+                    "method": method,
+                    "status": state.status,
+                    "bytes_in": state.received,
+                    "bytes_out": state.sent,
+                    "duration_ms": round(elapsed * 1000, 3),
+                    "tenant": state.tenant,
+                },
+            )
 
     # --- routing ------------------------------------------------------------------------
 
-    def _route(
-        self, method: str, path: str
-    ) -> tuple[str, Callable[[Scope, Receive, Send, str], Awaitable[None]]]:
+    def _route(self, method: str, path: str) -> tuple[str, _Handler, bool, bool]:
+        """(route template, handler, quota-limited, is a write)."""
         if path.startswith("/o/"):
             if method in ("GET", "HEAD"):
-                return "/o/{addr}", self.get_object
-            return "/o/{addr}", _method_not_allowed("GET, HEAD")
+                return "/o/{addr}", self.get_object, True, False
+            return "/o/{addr}", _method_not_allowed("GET, HEAD"), False, False
         if path == "/put":
             if method == "POST":
-                return "/put", self.put
-            return "/put", _method_not_allowed("POST")
+                return "/put", self.put, True, True
+            return "/put", _method_not_allowed("POST"), False, False
         if path.startswith("/v1/") and self._v1 is not None:
-            return _v1_route(path), self.v1
+            write = (
+                method == "POST" and path.startswith("/v1/mailbox/") and path.endswith("/messages")
+            )
+            return _v1_route(path), self.v1, True, write
         if path == "/healthz":
-            return "/healthz", self.healthz
+            return "/healthz", self.healthz, False, False
         if path == "/readyz":
-            return "/readyz", self.readyz
+            return "/readyz", self.readyz, False, False
         if path == "/metrics":
-            return "/metrics", self.metrics_route
-        return "other", _not_found
+            return "/metrics", self.metrics_route, False, False
+        return "other", _not_found, False, False
 
     async def _error(
         self, send: Send, exc: RonError, corr: str, head: bool, *, started: bool
@@ -186,6 +248,13 @@ class GatewayApp:
 
     async def readyz(self, scope: Scope, receive: Receive, send: Send, corr: str) -> None:
         ok, snap = await self._ready()
+        reason = self.admission.degraded_reason()
+        if reason is not None:
+            ok = False
+            snap = {**snap, "ready": False}
+            snap.setdefault("degraded", {})["gateway"] = reason
+        snap["reads"] = "open"
+        snap["writes"] = "closed" if reason is not None else "open"
         headers: Headers = [(b"content-type", b"application/json")]
         if not ok:
             headers.append((b"retry-after", str(random.randint(1, 5)).encode()))
@@ -236,7 +305,7 @@ class GatewayApp:
                 if span is not None:
                     start, end = span
                     headers.append((b"content-range", f"bytes {start}-{end}/{size}".encode()))
-                    await self._send_payload(send, info, headers, 206, start, end, head)
+                    await self._send_payload(scope, send, info, headers, 206, start, end, head)
                     return
         coding = choose_encoding(
             header(scope, b"accept-encoding"), [e.coding for e in manifest.encodings]
@@ -244,13 +313,22 @@ class GatewayApp:
         if coding != "identity":
             data = await self.reader.read_encoding(info, coding)
             if data is not None:
+                if not head:
+                    self._charge(scope, len(data))
                 headers.append((b"content-encoding", coding.encode()))
                 await respond(send, 200, headers, data, head=head)
                 return
-        await self._send_payload(send, info, headers, 200, 0, size - 1, head)
+        await self._send_payload(scope, send, info, headers, 200, 0, size - 1, head)
+
+    def _charge(self, scope: Scope, nbytes: int) -> None:
+        """Charge response bytes to the tenant's byte bucket before sending them."""
+        admitted: Admitted | None = scope["state"].get("admitted")
+        if admitted is not None:
+            self.admission.charge_bytes(admitted, "/o/{addr}", nbytes)
 
     async def _send_payload(
         self,
+        scope: Scope,
         send: Send,
         info: ObjectInfo,
         headers: Headers,
@@ -263,6 +341,7 @@ class GatewayApp:
         if head:
             await _respond_head(send, status, headers, length)
             return
+        self._charge(scope, length)
         if self.reader.is_small(info):
             data = await self.reader.read_small(info)
             await respond(send, status, headers, data[start : end + 1])
@@ -280,8 +359,16 @@ class GatewayApp:
             }
         )
         await send({"type": "http.response.body", "body": first, "more_body": True})
+        write_timeout = self.admission.config.write_timeout_s
         async for chunk in stream:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            try:
+                async with asyncio.timeout(write_timeout):
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except TimeoutError:
+                # A reader that stopped reading holds nothing of ours for long.
+                self.metrics.rejected_total.labels("write_timeout").inc()
+                await stream.aclose()  # type: ignore[attr-defined]
+                raise
         await send({"type": "http.response.body", "body": b""})
 
     async def _serve_manifest(
@@ -350,36 +437,51 @@ class GatewayApp:
                 raise RonError(ErrorCode.BAD_REQUEST, "Content-Length is not a number")
             if int(declared) > cap:
                 raise RonError(ErrorCode.PAYLOAD_TOO_LARGE, f"body exceeds the {cap}-byte cap")
-        if header(scope, b"content-encoding") not in (None, "identity"):
-            raise RonError(
-                ErrorCode.UNSUPPORTED_MEDIA_TYPE, "compressed request bodies are not accepted yet"
-            )
-        received = [0]
+        coding = parse_content_encoding(header(scope, b"content-encoding"))
+        exchange: _Exchange = scope["state"]["exchange"]
+        admitted: Admitted | None = scope["state"].get("admitted")
+        if admitted is not None and declared is not None:
+            self.admission.charge_bytes(admitted, "/put", int(declared))
+        idle = self.admission.config.read_idle_timeout_s
 
-        async def body() -> Any:
+        async def raw_body() -> AsyncIterator[bytes]:
             while True:
-                message = await receive()
+                try:
+                    async with asyncio.timeout(idle):
+                        message = await receive()
+                except TimeoutError:
+                    self.metrics.rejected_total.labels("read_timeout").inc()
+                    raise RonError(ErrorCode.TIMEOUT, "request body stalled") from None
                 if message["type"] == "http.disconnect":
                     raise RonError(ErrorCode.BAD_REQUEST, "client disconnected mid-body")
                 chunk = message.get("body", b"")
-                received[0] += len(chunk)
+                exchange.received += len(chunk)
                 if chunk:
                     yield chunk
                 if not message.get("more_body", False):
                     return
 
-        try:
-            manifest, _ = await self.store.put_stream(
-                body(),
-                tld=tld,
-                mime=mime,
-                original_filename=filename,
-                license=license_,
-                relations=relations,
-                max_bytes=cap,
+        body = raw_body()
+        if coding is not None:
+            cfg = self.admission.config
+            body = decode_body(
+                body,
+                coding,
+                max_decoded=max(cfg.max_decoded_bytes, cap),
+                max_ratio=cfg.max_decode_ratio,
             )
-        finally:
-            self.metrics.bytes_in_total.labels("/put").inc(received[0])
+        manifest, _ = await self.store.put_stream(
+            body,
+            tld=tld,
+            mime=mime,
+            original_filename=filename,
+            license=license_,
+            relations=relations,
+            max_bytes=cap,
+        )
+        if admitted is not None and declared is None:
+            with contextlib.suppress(RonError):  # already received: charge, never refuse
+                self.admission.charge_bytes(admitted, "/put", exchange.received)
         bundle = self.store.relpath(self.store.bundle_dir(manifest.address))
         await self.overlay.register(manifest_summary(manifest, bundle))
         address = manifest.address.canonical

@@ -17,7 +17,9 @@ from ron.kernel.admin import EmbeddedServer
 from ron.kernel.config import Config
 from ron.proto.address import Address
 from ron.services.base import Service, ServiceContext
+from ron.services.gateway.admission import Admission
 from ron.services.gateway.app import GatewayApp
+from ron.services.gateway.protocol import guarded_protocol
 from ron.services.gateway.v1 import build_v1_app
 from ron.services.index.service import index_path
 from ron.services.overlay.reader import ContentReader
@@ -39,6 +41,10 @@ class GatewayService(Service):
             store, index_path(ctx.config), ctx.metrics, on_corrupt=self._report_corrupt
         )
         kernel = ctx.peers.get("kernel")
+        self.admission = Admission(
+            ctx.config.gateway, ctx.metrics, ctx.run_dir, worker_slot(ctx.name), kernel.ready
+        )
+        await self.admission.prime()
         app = GatewayApp(
             reader=self.reader,
             store=store,
@@ -48,11 +54,18 @@ class GatewayService(Service):
             ready=kernel.ready,
             node_metrics=kernel.metrics_text,
             v1=build_v1_app(ctx),
+            admission=self.admission,
+        )
+        gw = ctx.config.gateway
+        protocol = guarded_protocol(
+            max_header_bytes=gw.max_header_bytes,
+            header_timeout_s=gw.header_timeout_s,
+            on_reject=lambda reason: ctx.metrics.rejected_total.labels(reason).inc(),
         )
         config = uvicorn.Config(
             app,
             loop="none",
-            http="httptools",
+            http=protocol,
             lifespan="off",
             access_log=False,
             log_level="warning",
@@ -79,6 +92,15 @@ class GatewayService(Service):
 
     async def reconfigure(self, config: Config) -> None:
         self._settings = config.gateway
+        self.admission.reconfigure(config.gateway)
+
+    def degraded(self) -> str | None:
+        """Reported to the kernel, so the node's /readyz shows it too."""
+        cap = self._settings.max_inflight
+        n = self.admission.inflight()
+        if n >= self._settings.degraded_ratio * cap:
+            return f"inflight {n} of {cap}"
+        return None
 
     def _report_corrupt(self, addr: Address, reason: str) -> None:
         """Ask the overlay to quarantine a bundle; never blocks the failing request."""
@@ -103,3 +125,10 @@ class GatewayService(Service):
         with contextlib.suppress(Exception):
             await self._serve
         self.reader.close()
+        self.admission.close()
+
+
+def worker_slot(name: str) -> int:
+    """``gateway`` is worker slot 0, ``gateway-2`` slot 1, and so on."""
+    _, _, number = name.rpartition("-")
+    return int(number) - 1 if number.isdigit() else 0

@@ -1,0 +1,125 @@
+"""The gateway under pressure: the cost of quotas + metrics, and fairness between tenants.
+
+- 1 KiB GET requests/s with per-tenant quotas and per-request metrics on, against the
+  same node with both off (target >= 0.9x), measured A B A B with wrk.
+- Fairness: a well-behaved tenant paced within its quota, alone and then while a noisy
+  tenant sends 10x its own quota; report the calm tenant's success rate (target >= 99%)
+  and its p99 latency relative to alone (target within 2x).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from report import Report
+from tools import ron_node, wrk
+
+CALM_KEY = "calm-tenant-key-0123456789"
+NOISY_KEY = "noisy-tenant-key-0123456789"
+TENANTS = {
+    "RON_GATEWAY__QUOTA__RPS": "1000000",
+    "RON_GATEWAY__QUOTA__BURST": "1000000",
+}
+FAIR_CONFIG = f"""
+[gateway.tenants.calm]
+api_keys = ["{CALM_KEY}"]
+rps = 50
+burst = 100
+
+[gateway.tenants.noisy]
+api_keys = ["{NOISY_KEY}"]
+rps = 50
+burst = 100
+"""
+
+
+def _put(http: str, body: bytes, key: str | None = None) -> str:
+    headers = {"X-Api-Key": key} if key else {}
+    r = httpx.post(f"{http}/put", content=body, headers=headers, timeout=30)
+    r.raise_for_status()
+    return str(r.json()["address"])
+
+
+def _get_rate(env: dict[str, str], seconds: float) -> float:
+    with tempfile.TemporaryDirectory() as tmp, ron_node(Path(tmp), env=env) as node:
+        addr = _put(node.http, os.urandom(1024))
+        wrk(f"{node.http}/o/{addr}", seconds=1, connections=4)  # warm-up
+        result = wrk(f"{node.http}/o/{addr}", seconds=seconds, connections=4)
+        return result.requests_per_s
+
+
+def _paced(url: str, key: str, rate: float, seconds: float) -> tuple[int, int, list[float]]:
+    """Send at ``rate`` requests/s for ``seconds``; returns (ok, total, latencies in s)."""
+    ok = total = 0
+    latencies: list[float] = []
+    interval = 1.0 / rate
+    start = time.perf_counter()
+    with httpx.Client(headers={"X-Api-Key": key}, timeout=10) as client:
+        while time.perf_counter() - start < seconds:
+            t0 = time.perf_counter()
+            try:
+                status = client.get(url).status_code
+            except httpx.HTTPError:
+                status = 0
+            latencies.append(time.perf_counter() - t0)
+            total += 1
+            ok += status == 200
+            next_slot = start + total * interval
+            if next_slot > time.perf_counter():
+                time.sleep(next_slot - time.perf_counter())
+    return ok, total, latencies
+
+
+def _noisy(url: str, seconds: float) -> None:
+    _paced(url, NOISY_KEY, 500.0, seconds)  # 10x the noisy tenant's 50 rps
+
+
+def _p99(values: list[float]) -> float:
+    return statistics.quantiles(values, n=100)[98]
+
+
+def run(report: Report) -> None:
+    seconds = float(os.environ.get("BENCH_SECONDS", "5"))
+    on = {**TENANTS}
+    off = {
+        **TENANTS,
+        "RON_GATEWAY__QUOTA__ENABLED": "false",
+        "RON_GATEWAY__REQUEST_METRICS": "false",
+    }
+    rates_on, rates_off = [], []
+    for _ in range(2):  # A B A B: drift hits both sides alike
+        rates_on.append(_get_rate(on, seconds))
+        rates_off.append(_get_rate(off, seconds))
+    on_rate, off_rate = statistics.median(rates_on), statistics.median(rates_off)
+    report.figure("pressure.get_1k_quotas_metrics_on_rps", on_rate, "req/s")
+    report.figure("pressure.get_1k_quotas_metrics_off_rps", off_rate, "req/s")
+    report.ratio("pressure.get_1k_on_vs_off", on_rate, off_rate, target=0.9)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = Path(tmp) / "ron.toml"
+        cfg.write_text(FAIR_CONFIG)
+        with ron_node(Path(tmp), env={"RON_CONFIG": str(cfg)}) as node:
+            addr = _put(node.http, os.urandom(1024), CALM_KEY)
+            url = f"{node.http}/o/{addr}"
+            ok, total, alone = _paced(url, CALM_KEY, 20.0, seconds)
+            noisy = multiprocessing.get_context("spawn").Process(
+                target=_noisy, args=(url, seconds + 1)
+            )
+            noisy.start()
+            try:
+                ok2, total2, crowded = _paced(url, CALM_KEY, 20.0, seconds)
+            finally:
+                noisy.join(seconds + 30)
+    report.figure("pressure.calm_success_alone_pct", 100.0 * ok / total, "%")
+    report.figure("pressure.calm_success_with_noisy_pct", 100.0 * ok2 / total2, "%")
+    report.figure("pressure.calm_p99_alone_ms", _p99(alone) * 1000, "ms")
+    report.figure("pressure.calm_p99_with_noisy_ms", _p99(crowded) * 1000, "ms")
+    report.ratio("pressure.calm_success_ratio", ok2 / total2, 1.0, target=0.99)
+    # Higher is better for report.ratio: alone/crowded >= 0.5 means within 2x.
+    report.ratio("pressure.calm_p99_alone_over_crowded", _p99(alone), _p99(crowded), target=0.5)

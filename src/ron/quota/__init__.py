@@ -1,0 +1,1 @@
+"""Quotas: token buckets, local and shared between processes."""

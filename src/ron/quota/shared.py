@@ -1,0 +1,138 @@
+"""Token buckets shared by every gateway worker process of a node.
+
+A tenant must not get N times its quota by spreading requests over N workers, so the
+buckets live in one memory-mapped file that all workers map. Each operation takes an
+exclusive ``flock`` on the file for a few microseconds: cheap next to an HTTP request,
+and released by the kernel if a worker dies holding it (a SIGKILL never wedges quotas).
+
+The table is open addressing over fixed slots keyed by a 16-byte BLAKE3 of the tenant
+id. When the probe window is full, the slot idle longest is reused: a bucket idle long
+enough has refilled to its burst, so forgetting it changes nothing a client can see.
+
+Buckets may go into debt: a request is admitted whenever the bucket holds at least one
+token, and its full cost (e.g. the bytes of a large object) is then taken, so one big
+object larger than the burst is still servable, and the tenant then waits it off.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import math
+import mmap
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import blake3
+
+# key (16s) | tokens (d) | stamp (d)  -- one bucket per slot
+_SLOT = struct.Struct("<16sdd")
+_HEADER = 64
+PROBES = 16
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of one admission check, with what the RateLimit headers need."""
+
+    allowed: bool
+    remaining: float
+    retry_after: float  # seconds until a request would be admitted (0 when allowed)
+    reset: float  # seconds until the bucket is full again
+
+
+class SharedBuckets:
+    """A fixed-size table of token buckets in a file shared across processes."""
+
+    def __init__(self, path: Path, slots: int = 8192) -> None:
+        self.path = path
+        self.slots = slots
+        size = _HEADER + slots * _SLOT.size
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size < size:
+                os.ftruncate(fd, size)
+            self._map = mmap.mmap(fd, size)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def close(self) -> None:
+        self._map.close()
+        os.close(self._fd)
+
+    def take(self, key: str, cost: float, rate: float, burst: float, now: float) -> Verdict:
+        """Admit and charge ``cost`` tokens, or refuse and say when to come back."""
+        digest = blake3.blake3(key.encode()).digest(16)
+        start = int.from_bytes(digest[:8], "little") % self.slots
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            index = self._find(digest, start, now, rate, burst)
+            offset = _HEADER + index * _SLOT.size
+            stored, tokens, stamp = _SLOT.unpack_from(self._map, offset)
+            if stored != digest:
+                tokens, stamp = burst, now
+            tokens = min(burst, tokens + max(0.0, now - stamp) * rate)
+            allowed = tokens >= min(cost, 1.0)
+            if allowed:
+                tokens -= cost
+            _SLOT.pack_into(self._map, offset, digest, tokens, now)
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        missing = max(0.0, min(cost, 1.0) - tokens) if not allowed else 0.0
+        retry = missing / rate if rate > 0 else math.inf
+        reset = (burst - tokens) / rate if rate > 0 else math.inf
+        return Verdict(allowed, max(0.0, tokens), retry, max(0.0, reset))
+
+    def _find(self, digest: bytes, start: int, now: float, rate: float, burst: float) -> int:
+        oldest_index, oldest_stamp = start, math.inf
+        for i in range(PROBES):
+            index = (start + i) % self.slots
+            stored, _, stamp = _SLOT.unpack_from(self._map, _HEADER + index * _SLOT.size)
+            if stored == digest or stored == bytes(16):
+                return index
+            if stamp < oldest_stamp:
+                oldest_index, oldest_stamp = index, stamp
+        return oldest_index
+
+
+class SharedCounters:
+    """One gauge slot per worker, summed by any reader (inflight across workers).
+
+    Each worker writes only its own slot, so no lock is needed, and a restarted worker
+    zeroes its slot at start: a SIGKILLed worker cannot leak phantom in-flight requests.
+    """
+
+    _CELL = struct.Struct("<q")
+
+    def __init__(self, path: Path, slot: int, slots: int = 64) -> None:
+        if not 0 <= slot < slots:
+            raise ValueError("worker slot out of range")
+        size = slots * self._CELL.size
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size < size:
+                os.ftruncate(fd, size)
+            self._map = mmap.mmap(fd, size)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+        self._slots = slots
+        self._offset = slot * self._CELL.size
+        self.value = 0
+        self._CELL.pack_into(self._map, self._offset, 0)
+
+    def add(self, delta: int) -> None:
+        self.value += delta
+        self._CELL.pack_into(self._map, self._offset, self.value)
+
+    def total(self) -> int:
+        return sum(
+            self._CELL.unpack_from(self._map, i * self._CELL.size)[0] for i in range(self._slots)
+        )
+
+    def close(self) -> None:
+        self._map.close()

@@ -1,0 +1,118 @@
+"""Who a request is (its tenant) and whether it may proceed (quotas, capacity).
+
+Tenant: the tenant whose API key the request presents (``X-Api-Key``); without a key,
+the anonymous tenant of its client address. A key that matches no tenant is refused
+(401) rather than treated as anonymous, so a forged key can never land a request in
+another tenant's bucket, nor silently in the anonymous one.
+
+Quotas are per tenant, two token buckets each (requests/s and bytes/s), shared by all
+gateway workers (see :mod:`ron.quota.shared`). Every response of a limited route carries
+the IETF ``RateLimit-Policy`` and ``RateLimit`` headers for the request bucket.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import blake3
+
+from ron.kernel.config import GatewayConfig, QuotaConfig
+from ron.proto.envelope import ErrorCode, RonError
+from ron.quota.shared import SharedBuckets, Verdict
+
+ANONYMOUS = "anon"
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """The tenant a request counts against, and its effective quota."""
+
+    id: str
+    rps: float
+    burst: float
+    bytes_per_s: float
+    bytes_burst: float
+
+
+class TenantResolver:
+    """Maps API keys to tenants; rebuilt on every config reload."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        q = config.quota
+        self._by_key: dict[bytes, Tenant] = {}
+        for name, t in config.tenants.items():
+            tenant = Tenant(
+                id=name,
+                rps=t.rps or q.rps,
+                burst=t.burst or q.burst,
+                bytes_per_s=t.bytes_per_s or q.bytes_per_s,
+                bytes_burst=t.bytes_burst or q.bytes_burst,
+            )
+            for key in t.api_keys:
+                self._by_key[_key_digest(key)] = tenant
+        self._quota: QuotaConfig = q
+
+    def resolve(self, api_key: str | None, client_host: str | None) -> Tenant:
+        q = self._quota
+        if api_key is None:
+            return Tenant(
+                f"{ANONYMOUS}:{client_host or '-'}", q.rps, q.burst, q.bytes_per_s, q.bytes_burst
+            )
+        # Looked up by a BLAKE3 of the key: the comparison never touches the secret
+        # itself, so its timing says nothing about how much of a guess was right.
+        tenant = self._by_key.get(_key_digest(api_key))
+        if tenant is None:
+            raise RonError(ErrorCode.UNAUTHORIZED, "unknown API key")
+        return tenant
+
+
+def _key_digest(key: str) -> bytes:
+    return blake3.blake3(key.encode("utf-8", "surrogateescape")).digest()
+
+
+class Quotas:
+    """Admission against a tenant's request and byte buckets."""
+
+    def __init__(self, buckets: SharedBuckets, config: QuotaConfig) -> None:
+        self.buckets = buckets
+        self.enabled = config.enabled
+
+    def admit(self, tenant: Tenant, now: float | None = None) -> Verdict:
+        """Charge one request; raises quota_exhausted (429) with Retry-After when empty."""
+        now = time.monotonic() if now is None else now
+        verdict = self.buckets.take(f"r:{tenant.id}", 1.0, tenant.rps, tenant.burst, now)
+        if not verdict.allowed:
+            raise QuotaExhausted(tenant, verdict, "request rate")
+        return verdict
+
+    def charge_bytes(self, tenant: Tenant, nbytes: int, now: float | None = None) -> None:
+        """Charge bytes to the byte bucket (debt allowed); refuse when already in debt."""
+        now = time.monotonic() if now is None else now
+        verdict = self.buckets.take(
+            f"b:{tenant.id}", float(nbytes), tenant.bytes_per_s, tenant.bytes_burst, now
+        )
+        if not verdict.allowed:
+            raise QuotaExhausted(tenant, verdict, "bandwidth")
+
+
+class QuotaExhausted(RonError):
+    """429 with the bucket's own Retry-After (whole seconds, at least 1)."""
+
+    def __init__(self, tenant: Tenant, verdict: Verdict, what: str) -> None:
+        super().__init__(
+            ErrorCode.QUOTA_EXHAUSTED,
+            f"{what} quota exhausted for this tenant",
+            retry_after=max(1, math.ceil(verdict.retry_after)),
+        )
+        self.verdict = verdict
+        self.tenant = tenant
+
+
+def ratelimit_headers(tenant: Tenant, verdict: Verdict) -> list[tuple[bytes, bytes]]:
+    """``RateLimit-Policy`` and ``RateLimit`` (draft-ietf-httpapi-ratelimit-headers)."""
+    window = max(1, math.ceil(tenant.burst / tenant.rps))
+    policy = f'"requests";q={math.floor(tenant.burst)};w={window}'
+    state = f'"requests";r={math.floor(verdict.remaining)};t={max(0, math.ceil(verdict.reset))}'
+    return [(b"ratelimit-policy", policy.encode()), (b"ratelimit", state.encode())]

@@ -1,0 +1,115 @@
+"""uvicorn's httptools protocol with the limits a public endpoint needs before the app runs.
+
+Two attacks never reach the ASGI app, so they must be stopped here:
+- header floods: the request line plus headers may not exceed ``max_header_bytes``
+  (431, then close), counted as they arrive, so memory stays bounded by one read;
+- slow-loris on headers: a request whose headers are not complete within
+  ``header_timeout_s`` of its first byte (or of the connection) gets 408 and is closed.
+A slow client costs a socket and a timer, never a worker: the loop serves others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from ron.proto.envelope import ErrorCode, envelope, new_corr_id
+
+_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+
+
+def guarded_protocol(
+    *, max_header_bytes: int, header_timeout_s: float, on_reject: Any
+) -> type[HttpToolsProtocol]:
+    """A protocol class bound to these limits; ``on_reject(reason)`` counts refusals."""
+
+    class GuardedProtocol(HttpToolsProtocol):
+        _header_bytes = 0
+        _header_timer: asyncio.TimerHandle | None = None
+        _in_headers = False
+        _header_size = 0
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._in_headers = True
+            self._header_timer = self.loop.call_later(header_timeout_s, self._header_timeout)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _header_timeout(self) -> None:
+            self._header_timer = None
+            if self._in_headers and not self.transport.is_closing():
+                on_reject("header_timeout")
+                self._refuse(408, ErrorCode.TIMEOUT, "request headers not received in time")
+
+        def _refuse(self, status: int, code: ErrorCode, message: str) -> None:
+            body = json.dumps(envelope(code, message, new_corr_id())).encode()
+            head = (
+                b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n"
+                % (status, _REASONS[status], len(body))
+            )
+            self.transport.write(head + body)
+            self.transport.close()
+
+        def data_received(self, data: bytes) -> None:
+            if self.transport.is_closing():
+                return
+            if self._in_headers and self._header_timer is None:
+                self._arm()  # first byte of the next request on a kept-alive connection
+            super().data_received(data)
+            if self._in_headers and not self.transport.is_closing():
+                # Headers still incomplete after this read: httptools buffers partial
+                # header values itself, so bound what it may hold by the raw byte count.
+                self._header_bytes += len(data)
+                if self._header_bytes > max_header_bytes:
+                    on_reject("headers_too_large")
+                    self._refuse(431, ErrorCode.HEADERS_TOO_LARGE, "request headers too large")
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._header_size = 0
+
+        def on_url(self, url: bytes) -> None:
+            self._count(len(url))
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._count(len(name) + len(value) + 4)
+            super().on_header(name, value)
+
+        def _count(self, n: int) -> None:
+            self._header_size += n
+            if self._header_size > max_header_bytes and not self.transport.is_closing():
+                on_reject("headers_too_large")
+                self._refuse(431, ErrorCode.HEADERS_TOO_LARGE, "request headers too large")
+
+        def on_headers_complete(self) -> None:
+            self._in_headers = False
+            self._disarm()
+            if self.transport.is_closing():
+                return
+            super().on_headers_complete()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            # Keep-alive: the next request's headers get their own deadline from their
+            # first byte; idle time between requests is uvicorn's keep-alive timeout.
+            self._in_headers = True
+            self._header_bytes = 0
+
+    return GuardedProtocol
