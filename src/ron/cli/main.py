@@ -178,7 +178,8 @@ def reload(data_dir: DataDir = None, admin: AdminOpt = None) -> None:
 
 
 def main() -> None:
-    import ron.cli.content  # noqa: F401  (registers the content commands)
+    import ron.cli.content  # registers the content commands
+    import ron.cli.mailbox  # noqa: F401  (registers `ron mailbox ...`)
 
     app()
     sys.exit(0)

@@ -1,0 +1,364 @@
+"""Mailbox throughput: full send -> receive -> ack cycles, against Redis Streams.
+
+One producer process and one consumer process run at the same time for a fixed
+window; the figure is messages acknowledged per second (a message counts once its ACK
+was answered). Payloads are 1 KiB of random bytes. Two shapes:
+
+- one message per request (SEND one, RECV max 1, ACK one);
+- batches of 10 (one batch SEND, RECV max 10, one ACK of 10 receipts).
+
+Ours: the node as ``ron up`` starts it, through the HTTP API (``/v1/mailbox/...``),
+durable SQLite in WAL mode with its default ``synchronous=normal``; driven with a
+keep-alive HTTP/1.1 client from the standard library (``http.client``, the figure the
+target applies to: it measures the node rather than client overhead), and once more with
+the project's SDK client (``ron.sdk.client.Client``, on httpx) when it is installed.
+
+Redis: ``redis-server`` from the distribution's packages, started here on a free port
+with ``appendonly yes`` and ``appendfsync everysec`` (the same durability class:
+survives a process crash, may lose about a second on power loss), driven with redis-py:
+``XADD`` (pipelined for a batch), ``XREADGROUP COUNT n``, ``XACK``.
+
+redis-py is installed into the running venv when missing; it is a benchmark-only
+dependency, not a runtime one. The machine is shared and drifts, so each figure is the
+best of a few short rounds and the two systems are measured in alternation.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.client
+import json
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import tools
+from report import Report
+
+PAYLOAD = 1024
+WINDOW_S = 3.5
+WARMUP_S = 0.5
+ROUNDS = 2
+TOPIC = "bench"
+# One client hammering the node is what the default anonymous quota exists to stop
+# (429); lift it so the benchmark measures the mailbox, not the policy.
+NODE_ENV = {
+    "RON_GATEWAY__QUOTA__RPS": "1e12",
+    "RON_GATEWAY__QUOTA__BURST": "1e12",
+    "RON_GATEWAY__QUOTA__BYTES_PER_S": "1e15",
+    "RON_GATEWAY__QUOTA__BYTES_BURST": "1e15",
+}
+
+
+def run(report: Report) -> None:
+    _ensure_redis()
+    figures: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="ron-bench-mailbox-") as tmp:
+        work = Path(tmp)
+        (work / "node").mkdir()
+        (work / "redis").mkdir()
+        with (
+            tools.ron_node(work / "node", env=NODE_ENV) as node,
+            redis_server(work / "redis") as port,
+        ):
+            host, http_port = node.http.removeprefix("http://").rsplit(":", 1)
+            ours = (host, int(http_port))
+            for batch in (1, 10):
+                best_ours = best_redis = 0.0
+                for _ in range(ROUNDS):
+                    best_ours = max(best_ours, measure(ours_producer, ours_consumer, ours, batch))
+                    best_redis = max(
+                        best_redis, measure(redis_producer, redis_consumer, port, batch)
+                    )
+                figures[f"ours_{batch}"] = best_ours
+                figures[f"redis_{batch}"] = best_redis
+                if _sdk_available():
+                    figures[f"sdk_{batch}"] = measure(sdk_producer, sdk_consumer, node.http, batch)
+    for batch, label in ((1, "single"), (10, "batch10")):
+        ours, redis = figures[f"ours_{batch}"], figures[f"redis_{batch}"]
+        report.figure(f"mailbox_{label}_ron_msgs_per_s", ours, "msg/s")
+        report.figure(f"mailbox_{label}_redis_streams_msgs_per_s", redis, "msg/s")
+        report.ratio(f"mailbox_{label}_vs_redis_streams", ours, redis, 0.5 if batch == 10 else None)
+        if f"sdk_{batch}" in figures:
+            sdk = figures[f"sdk_{batch}"]
+            report.figure(f"mailbox_{label}_ron_sdk_client_msgs_per_s", sdk, "msg/s")
+            report.ratio(f"mailbox_{label}_sdk_client_vs_redis_streams", sdk, redis)
+
+
+# --- harness -------------------------------------------------------------------------
+
+Worker = Callable[[Any, int, float, float, Connection], None]
+
+
+def measure(producer: Worker, consumer: Worker, target: Any, batch: int) -> float:
+    """Run one producer and one consumer process for the window; messages acked per s
+    between the end of the warm-up and the end of the window."""
+    ctx = multiprocessing.get_context("fork")
+    start = time.monotonic() + 0.3  # both processes are up before the clock starts
+    end = start + WINDOW_S
+    results = []
+    procs = []
+    for work in (consumer, producer):
+        recv, send = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=work, args=(target, batch, start, end, send))
+        proc.start()
+        send.close()
+        procs.append(proc)
+        results.append(recv)
+    counted = results[0].recv()
+    for proc in procs:
+        proc.join(30)
+    return float(counted) / (WINDOW_S - WARMUP_S)
+
+
+def _payloads(n: int = 64) -> list[bytes]:
+    return [os.urandom(PAYLOAD) for _ in range(n)]
+
+
+class _Http:
+    """A keep-alive HTTP/1.1 connection that reconnects when the server closes it."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self._address = address
+        self._conn = http.client.HTTPConnection(*address, timeout=30)
+
+    def post(self, path: str, body: bytes, content_type: str) -> tuple[int, bytes]:
+        headers = {"Content-Type": content_type}
+        for attempt in (0, 1):
+            try:
+                self._conn.request("POST", path, body=body, headers=headers)
+                reply = self._conn.getresponse()
+                return reply.status, reply.read()
+            except (http.client.HTTPException, OSError):
+                self._conn.close()
+                self._conn = http.client.HTTPConnection(*self._address, timeout=30)
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+
+def ours_producer(
+    address: tuple[str, int], batch: int, start: float, end: float, out: Connection
+) -> None:
+    http_ = _Http(address)
+    pool = _payloads()
+    i = 0
+    _sleep_until(start)
+    while time.monotonic() < end:
+        if batch == 1:
+            status, _ = http_.post(
+                f"/v1/mailbox/{TOPIC}/messages", pool[i % len(pool)], "application/octet-stream"
+            )
+        else:
+            msgs = [
+                {"payload_b64": base64.b64encode(pool[(i + j) % len(pool)]).decode()}
+                for j in range(batch)
+            ]
+            body = json.dumps({"messages": msgs}).encode()
+            status, _ = http_.post(f"/v1/mailbox/{TOPIC}/batch", body, "application/json")
+        if status != 201:
+            raise RuntimeError(f"send answered {status}")
+        i += batch
+    out.send(i)
+
+
+def ours_consumer(
+    address: tuple[str, int], batch: int, start: float, end: float, out: Connection
+) -> None:
+    http_ = _Http(address)
+    counted = 0
+    ask = json.dumps({"max": batch, "wait_s": 1}).encode()
+    _sleep_until(start)
+    while (now := time.monotonic()) < end:
+        status, body = http_.post(f"/v1/mailbox/{TOPIC}/receive", ask, "application/json")
+        if status != 200:
+            raise RuntimeError(f"receive answered {status}")
+        receipts = [m["receipt"] for m in json.loads(body)["messages"]]
+        if not receipts:
+            continue
+        status, _ = http_.post(
+            "/v1/mailbox/ack", json.dumps({"receipts": receipts}).encode(), "application/json"
+        )
+        if status != 200:
+            raise RuntimeError(f"ack answered {status}")
+        if time.monotonic() >= start + WARMUP_S and now < end:
+            counted += len(receipts)
+    out.send(counted)
+    _drain_ours(http_, batch)
+
+
+def _drain_ours(http_: _Http, batch: int) -> None:
+    """Ack what the producer left behind, so the next round starts from an empty topic."""
+    ask = json.dumps({"max": 100}).encode()
+    while True:
+        _, body = http_.post(f"/v1/mailbox/{TOPIC}/receive", ask, "application/json")
+        receipts = [m["receipt"] for m in json.loads(body)["messages"]]
+        if not receipts:
+            return
+        http_.post(
+            "/v1/mailbox/ack", json.dumps({"receipts": receipts}).encode(), "application/json"
+        )
+
+
+def _sdk_available() -> bool:
+    try:
+        from ron.sdk.client import Client  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def sdk_producer(url: str, batch: int, start: float, end: float, out: Connection) -> None:
+    from ron.sdk.client import Client
+
+    pool = _payloads()
+    i = 0
+    with Client(url) as client:
+        _sleep_until(start)
+        while time.monotonic() < end:
+            if batch == 1:
+                client.send(TOPIC, pool[i % len(pool)])
+            else:
+                client.send_batch(TOPIC, [pool[(i + j) % len(pool)] for j in range(batch)])
+            i += batch
+    out.send(i)
+
+
+def sdk_consumer(url: str, batch: int, start: float, end: float, out: Connection) -> None:
+    from ron.sdk.client import Client
+
+    counted = 0
+    with Client(url) as client:
+        _sleep_until(start)
+        while (now := time.monotonic()) < end:
+            got = client.receive(TOPIC, max=batch, wait_s=1)
+            if not got:
+                continue
+            client.ack(got)
+            if time.monotonic() >= start + WARMUP_S and now < end:
+                counted += len(got)
+        out.send(counted)
+        while got := client.receive(TOPIC, max=100):
+            client.ack(got)
+
+
+def redis_producer(port: int, batch: int, start: float, end: float, out: Connection) -> None:
+    import redis
+
+    r = redis.Redis(port=port)
+    pool = _payloads()
+    i = 0
+    _sleep_until(start)
+    while time.monotonic() < end:
+        if batch == 1:
+            r.xadd(TOPIC, {"p": pool[i % len(pool)]})
+        else:
+            pipe = r.pipeline(transaction=False)
+            for j in range(batch):
+                pipe.xadd(TOPIC, {"p": pool[(i + j) % len(pool)]})
+            pipe.execute()
+        i += batch
+    out.send(i)
+
+
+def redis_consumer(port: int, batch: int, start: float, end: float, out: Connection) -> None:
+    import redis
+
+    r = redis.Redis(port=port)
+    counted = 0
+    _sleep_until(start)
+    while (now := time.monotonic()) < end:
+        got = r.xreadgroup("g", "c", {TOPIC: ">"}, count=batch, block=1000)
+        if not got:
+            continue
+        ids = [entry[0] for entry in got[0][1]]
+        r.xack(TOPIC, "g", *ids)
+        if time.monotonic() >= start + WARMUP_S and now < end:
+            counted += len(ids)
+    out.send(counted)
+    r.delete(TOPIC)  # the next round starts from an empty stream (and a new group)
+    r.xgroup_create(TOPIC, "g", id="0", mkstream=True)
+
+
+def _sleep_until(moment: float) -> None:
+    delay = moment - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)  # a start line shared by two processes, not synchronisation
+
+
+# --- redis -----------------------------------------------------------------------------
+
+
+def _ensure_redis() -> None:
+    """redis-server from the distribution's packages, redis-py into this venv."""
+    if shutil.which("redis-server") is None:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        print("installing redis-server ...", flush=True)
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "redis-server"],
+            check=True,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        print("installing redis-py into the venv (benchmark only) ...", flush=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "redis==8.1.0"], check=True)
+
+
+@contextlib.contextmanager
+def redis_server(workdir: Path) -> Iterator[int]:
+    """redis-server on a free port, AOF on with fsync every second; yields the port."""
+    import redis
+
+    port = tools.free_port()
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(workdir),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        client = redis.Redis(port=port)
+
+        def up() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.RedisError:
+                return proc.poll() is not None
+
+        tools.wait_for(up, 10, "redis-server to answer")
+        if proc.poll() is not None:
+            raise RuntimeError("redis-server exited")
+        client.xgroup_create(TOPIC, "g", id="0", mkstream=True)
+        client.close()
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(30)
