@@ -3,6 +3,8 @@ every stream error of OAP-1 §8.1, and the TLS rules (1.3 only, ALPN ron/1)."""
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import random
 import ssl
@@ -172,14 +174,42 @@ async def test_bad_storage_requests_get_error_frames_and_connection_goes_on(
         await conn.close()
 
 
-async def test_mailbox_is_404_until_it_exists_and_unknown_apps_are_404(node: RunningNode) -> None:
+async def test_unknown_apps_are_404(node: RunningNode) -> None:
     async with await OapClient.connect(node.urls["oap"], ca_file=ca_file(node.data_dir)) as c:
-        with pytest.raises(RonError) as mailbox:
-            await c.request(AppId.MAILBOX, {"op": "send", "topic": "t", "text": "hi"})
-        assert mailbox.value.status == 404 and "mailbox not available" in mailbox.value.message
         with pytest.raises(RonError) as unknown:
             await c.request(0x7777, b"{}")
         assert unknown.value.status == 404
+
+
+async def test_mailbox_round_trip_over_oap(node: RunningNode) -> None:
+    """send, recv, a stale ack, ack: the same mailbox and rules as over HTTP."""
+    async with await OapClient.connect(node.urls["oap"], ca_file=ca_file(node.data_dir)) as c:
+
+        async def call(body: dict[str, object]) -> dict[str, object]:
+            reply = await c.request(AppId.MAILBOX, body)
+            data: dict[str, object] = json.loads(reply)
+            return data
+
+        sent = await call(
+            {"op": "send", "topic": "oap-chat", "text": "hi", "idempotency_key": "k1"}
+        )
+        again = await call(
+            {"op": "send", "topic": "oap-chat", "text": "hi", "idempotency_key": "k1"}
+        )
+        assert again == {"msg_id": sent["msg_id"], "duplicate": True}
+        got = await call({"op": "recv", "topic": "oap-chat", "max": 10, "visibility_ms": 30000})
+        [message] = got["messages"]  # type: ignore[misc]
+        assert message["msg_id"] == sent["msg_id"]
+        assert base64.b64decode(message["payload_b64"]) == b"hi"
+        assert (await call({"op": "ack", "receipt": message["receipt"]})) == {"acked": 1, "gone": 0}
+        stats = await call({"op": "stats", "topic": "oap-chat"})
+        assert stats["depth"] == 0 and stats["in_flight"] == 0
+        with pytest.raises(RonError) as bad:
+            await call({"op": "ack", "receipt": "not-a-receipt"})
+        assert bad.value.status in (400, 409)
+        with pytest.raises(RonError) as unknown_op:
+            await call({"op": "teleport"})
+        assert unknown_op.value.status == 400
 
 
 async def test_corrupted_object_never_arrives_complete(node: RunningNode, tmp_path: Path) -> None:

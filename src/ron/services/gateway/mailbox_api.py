@@ -9,7 +9,6 @@ strictly (objects only, no unknown or duplicate keys, no NaN, exact types).
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,11 +23,14 @@ from ron.proto.envelope import ErrorCode, RonError
 from ron.services.base import ServiceContext
 from ron.services.gateway.v1 import corr_id_of, error_response
 from ron.services.mailbox.api import MailboxAPI
+from ron.services.mailbox.jsonwire import (
+    dead_letter_json,
+    delivery_json,
+    outgoing_from_json,
+    receipts_from_json,
+)
 from ron.services.mailbox.model import (
     MAX_BATCH,
-    DeadLetter,
-    Delivery,
-    Outgoing,
     SubscriptionPoll,
     entry_budget,
 )
@@ -126,7 +128,7 @@ class _MailboxRoutes:
         items = body.get("messages")
         if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
             raise RonError(ErrorCode.BAD_REQUEST, f"messages must be a list of 1..{MAX_BATCH}")
-        entries = [_outgoing(item) for item in items]
+        entries = [outgoing_from_json(item) for item in items]
         results = await self.mailbox.send_batch(topic, entries)
         return JSONResponse(
             {"messages": [{"msg_id": r.msg_id, "duplicate": r.duplicate} for r in results]},
@@ -177,14 +179,14 @@ class _MailboxRoutes:
     @_reads_body
     async def ack(self, request: Request) -> Response:
         body = await read_json(request, {"receipts"})
-        settled = await self.mailbox.ack(_receipts(body))
+        settled = await self.mailbox.ack(receipts_from_json(body))
         return JSONResponse({"acked": settled.done, "gone": settled.gone})
 
     @_reads_body
     async def nack(self, request: Request) -> Response:
         body = await read_json(request, {"receipts", "delay_s"})
         delay = _number_or_none(body.get("delay_s"), "delay_s") or 0.0
-        settled = await self.mailbox.nack(_receipts(body), delay_s=delay)
+        settled = await self.mailbox.nack(receipts_from_json(body), delay_s=delay)
         return JSONResponse({"released": settled.done, "gone": settled.gone})
 
     @_reads_body
@@ -193,7 +195,7 @@ class _MailboxRoutes:
         visibility = _number_or_none(body.get("visibility_s"), "visibility_s")
         if visibility is None:
             raise RonError(ErrorCode.BAD_REQUEST, "visibility_s is required")
-        settled = await self.mailbox.extend(_receipts(body), visibility_s=visibility)
+        settled = await self.mailbox.extend(receipts_from_json(body), visibility_s=visibility)
         return JSONResponse({"extended": settled.done, "gone": settled.gone})
 
     async def delete(self, request: Request) -> Response:
@@ -287,61 +289,6 @@ async def sse_events(
 
 
 # ---- JSON shapes -------------------------------------------------------------------
-
-
-def delivery_json(d: Delivery) -> dict[str, Any]:
-    return {
-        "msg_id": d.msg_id,
-        "receipt": d.receipt,
-        "payload_b64": base64.b64encode(d.payload).decode("ascii"),
-        "headers": dict(d.headers),
-        "delivery_count": d.delivery_count,
-        "enqueued_ms": d.enqueued_ms,
-    }
-
-
-def dead_letter_json(d: DeadLetter) -> dict[str, Any]:
-    return {
-        "msg_id": d.msg_id,
-        "payload_b64": base64.b64encode(d.payload).decode("ascii"),
-        "headers": dict(d.headers),
-        "delivery_count": d.delivery_count,
-        "enqueued_ms": d.enqueued_ms,
-        "dead_ms": d.dead_ms,
-    }
-
-
-def _outgoing(item: object) -> Outgoing:
-    if not isinstance(item, dict):
-        raise RonError(ErrorCode.BAD_REQUEST, "each message must be an object")
-    unknown = set(item) - {"payload_b64", "headers", "idempotency_key"}
-    if unknown:
-        raise RonError(ErrorCode.BAD_REQUEST, f"unknown key {sorted(unknown)[0]!r} in a message")
-    raw = item.get("payload_b64")
-    if not isinstance(raw, str):
-        raise RonError(ErrorCode.BAD_REQUEST, "payload_b64 must be a base64 string")
-    try:
-        payload = base64.b64decode(raw, validate=True)
-    except ValueError:
-        raise RonError(ErrorCode.BAD_REQUEST, "payload_b64 is not valid base64") from None
-    headers = item.get("headers", {})
-    if not isinstance(headers, dict):
-        raise RonError(ErrorCode.BAD_REQUEST, "headers must be an object of strings")
-    key = item.get("idempotency_key")
-    if key is not None and not isinstance(key, str):
-        raise RonError(ErrorCode.BAD_REQUEST, "idempotency_key must be a string")
-    return Outgoing(payload, headers, key)
-
-
-def _receipts(body: dict[str, Any]) -> list[str]:
-    receipts = body.get("receipts")
-    if (
-        not isinstance(receipts, list)
-        or not 1 <= len(receipts) <= MAX_BATCH
-        or not all(isinstance(r, str) for r in receipts)
-    ):
-        raise RonError(ErrorCode.BAD_REQUEST, f"receipts must be a list of 1..{MAX_BATCH} strings")
-    return receipts
 
 
 def _int(value: object, name: str) -> int:

@@ -10,7 +10,6 @@ sees a socket.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from collections.abc import Awaitable, Callable
@@ -188,17 +187,3 @@ async def _send_bytes(data: bytes, reply: Reply) -> None:
         for offset in range(0, len(data), size):
             await reply.send(view[offset : offset + size])
     reply.end()
-
-
-async def mailbox_unavailable(request: OapRequest, reply: Reply) -> None:
-    """MAILBOX DISPATCH POINT (app 0x0201).
-
-    The mailbox service is being built separately; until it lands every mailbox request
-    is answered 404. Replace this handler (see ``OmnigateService._apps``) with one that
-    parses the op (:func:`json_request`) and calls the mailbox peer. A ``subscribe``
-    that must start before the request's END will also need the connection to dispatch
-    at START rather than at END (``OapServerProtocol._on_start``).
-    """
-    with contextlib.suppress(RonError):
-        json_request(request)  # only to label the metrics with the op
-    raise RonError(ErrorCode.NOT_FOUND, "mailbox not available")

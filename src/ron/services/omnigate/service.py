@@ -23,8 +23,9 @@ from ron.proto.address import Address
 from ron.proto.oap import AppId
 from ron.services.base import Service, ServiceContext
 from ron.services.index.service import index_path
-from ron.services.omnigate.apps import StorageApp, mailbox_unavailable
+from ron.services.omnigate.apps import StorageApp
 from ron.services.omnigate.gate import App, Gate
+from ron.services.omnigate.mailbox_app import MailboxApp
 from ron.services.omnigate.server import OapServerProtocol
 from ron.services.omnigate.tls import TlsFiles, ensure_dev_certs, server_context
 from ron.services.overlay.reader import ContentReader
@@ -75,11 +76,10 @@ class OmnigateService(Service):
         self._sweeper = asyncio.create_task(self._sweep_handshakes())
 
     def _apps(self) -> dict[int, App]:
-        """Application id -> handler. The mailbox entry is the dispatch point to replace
-        once the mailbox service exists (see :func:`mailbox_unavailable`)."""
+        """Application id -> handler."""
         return {
             AppId.STORAGE: App("storage", StorageApp(self.reader, self._tiles_root), eager=True),
-            AppId.MAILBOX: App("mailbox", mailbox_unavailable),
+            AppId.MAILBOX: App("mailbox", MailboxApp(lambda: self._ctx.peers.get("mailbox"))),
         }
 
     def _tiles_root(self) -> Path | None:

@@ -1,0 +1,70 @@
+"""The mailbox's JSON shapes, shared by every front end (HTTP gateway, OAP server).
+
+One definition of how a delivery, a dead letter, an outgoing message and a receipt list
+look in JSON keeps the two doors from drifting apart.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from ron.proto.envelope import ErrorCode, RonError
+from ron.services.mailbox.model import MAX_BATCH, DeadLetter, Delivery, Outgoing
+
+__all__ = ["dead_letter_json", "delivery_json", "outgoing_from_json", "receipts_from_json"]
+
+
+def delivery_json(d: Delivery) -> dict[str, Any]:
+    return {
+        "msg_id": d.msg_id,
+        "receipt": d.receipt,
+        "payload_b64": base64.b64encode(d.payload).decode("ascii"),
+        "headers": dict(d.headers),
+        "delivery_count": d.delivery_count,
+        "enqueued_ms": d.enqueued_ms,
+    }
+
+
+def dead_letter_json(d: DeadLetter) -> dict[str, Any]:
+    return {
+        "msg_id": d.msg_id,
+        "payload_b64": base64.b64encode(d.payload).decode("ascii"),
+        "headers": dict(d.headers),
+        "delivery_count": d.delivery_count,
+        "enqueued_ms": d.enqueued_ms,
+        "dead_ms": d.dead_ms,
+    }
+
+
+def outgoing_from_json(item: object) -> Outgoing:
+    if not isinstance(item, dict):
+        raise RonError(ErrorCode.BAD_REQUEST, "each message must be an object")
+    unknown = set(item) - {"payload_b64", "headers", "idempotency_key"}
+    if unknown:
+        raise RonError(ErrorCode.BAD_REQUEST, f"unknown key {sorted(unknown)[0]!r} in a message")
+    raw = item.get("payload_b64")
+    if not isinstance(raw, str):
+        raise RonError(ErrorCode.BAD_REQUEST, "payload_b64 must be a base64 string")
+    try:
+        payload = base64.b64decode(raw, validate=True)
+    except ValueError:
+        raise RonError(ErrorCode.BAD_REQUEST, "payload_b64 is not valid base64") from None
+    headers = item.get("headers", {})
+    if not isinstance(headers, dict):
+        raise RonError(ErrorCode.BAD_REQUEST, "headers must be an object of strings")
+    key = item.get("idempotency_key")
+    if key is not None and not isinstance(key, str):
+        raise RonError(ErrorCode.BAD_REQUEST, "idempotency_key must be a string")
+    return Outgoing(payload, headers, key)
+
+
+def receipts_from_json(body: dict[str, Any]) -> list[str]:
+    receipts = body.get("receipts")
+    if (
+        not isinstance(receipts, list)
+        or not 1 <= len(receipts) <= MAX_BATCH
+        or not all(isinstance(r, str) for r in receipts)
+    ):
+        raise RonError(ErrorCode.BAD_REQUEST, f"receipts must be a list of 1..{MAX_BATCH} strings")
+    return receipts

@@ -1,0 +1,157 @@
+"""Mailbox over OAP/1 (app 0x0201): the op JSON of docs/specs/HTTP-API.md, one reply frame.
+
+The same MailboxAPI the HTTP gateway calls, with the same JSON shapes
+(:mod:`ron.services.mailbox.jsonwire`), so the two doors accept and refuse the same
+things. Payloads arrive as ``text`` (UTF-8) or ``payload_b64`` and are never inspected.
+``subscribe`` over OAP needs the connection to dispatch at START and push EVENT frames;
+until then it is refused with 400 and clients long-poll with ``recv`` + ``wait_ms``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from typing import Any
+
+from ron.proto.envelope import ErrorCode, RonError
+from ron.services.mailbox.api import MailboxAPI
+from ron.services.mailbox.jsonwire import (
+    dead_letter_json,
+    delivery_json,
+    outgoing_from_json,
+    receipts_from_json,
+)
+from ron.services.omnigate.apps import OapRequest, Reply, json_request
+
+MAX_WAIT_MS = 20_000
+
+
+def _bad(message: str) -> RonError:
+    return RonError(ErrorCode.BAD_REQUEST, message)
+
+
+def _str(body: dict[str, Any], key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value:
+        raise _bad(f"{key} must be a non-empty string")
+    return value
+
+
+def _ms(body: dict[str, Any], key: str, default: float | None) -> float | None:
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise _bad(f"{key} must be a non-negative number of milliseconds")
+    return float(value) / 1000.0
+
+
+def _payload(body: dict[str, Any]) -> bytes:
+    if "text" in body:
+        text = body["text"]
+        if not isinstance(text, str):
+            raise _bad("text must be a string")
+        return text.encode("utf-8")
+    raw = body.get("payload_b64")
+    if not isinstance(raw, str):
+        raise _bad("send needs text or payload_b64")
+    try:
+        return base64.b64decode(raw, validate=True)
+    except ValueError:
+        raise _bad("payload_b64 is not valid base64") from None
+
+
+def _receipts(body: dict[str, Any]) -> list[str]:
+    if "receipt" in body:
+        return receipts_from_json({"receipts": [body["receipt"]]})
+    return receipts_from_json(body)
+
+
+class MailboxApp:
+    """The OAP handler for app 0x0201; the mailbox peer is looked up per request, so a
+    node configured without a mailbox answers 404 rather than failing to start."""
+
+    def __init__(self, mailbox: Callable[[], MailboxAPI]) -> None:
+        self._mailbox = mailbox
+
+    async def __call__(self, request: OapRequest, reply: Reply) -> None:
+        body = json_request(request)
+        try:
+            mailbox = self._mailbox()
+        except KeyError:
+            raise RonError(ErrorCode.NOT_FOUND, "this node runs no mailbox") from None
+        result = await self._dispatch(mailbox, body)
+        reply.end(json.dumps(result, separators=(",", ":")).encode())
+
+    async def _dispatch(self, mb: MailboxAPI, body: dict[str, Any]) -> dict[str, Any]:
+        op = body.get("op")
+        if op == "send":
+            topic = _str(body, "topic")
+            if "messages" in body:
+                items = body["messages"]
+                if not isinstance(items, list):
+                    raise _bad("messages must be a list")
+                sent = await mb.send_batch(topic, [outgoing_from_json(i) for i in items])
+                return {"messages": [s.to_wire() for s in sent]}
+            headers = body.get("headers") or {}
+            key = body.get("idempotency_key")
+            if not isinstance(headers, dict) or (key is not None and not isinstance(key, str)):
+                raise _bad("headers must be an object and idempotency_key a string")
+            result = await mb.send(topic, _payload(body), headers=headers, idempotency_key=key)
+            return result.to_wire()
+        if op == "recv":
+            wait = _ms(body, "wait_ms", 0.0) or 0.0
+            if wait * 1000 > MAX_WAIT_MS:
+                raise _bad(f"wait_ms must be at most {MAX_WAIT_MS}")
+            max_messages = body.get("max", 1)
+            if isinstance(max_messages, bool) or not isinstance(max_messages, int):
+                raise _bad("max must be an integer")
+            got = await mb.receive(
+                _str(body, "topic"),
+                max_messages=max_messages,
+                visibility_s=_ms(body, "visibility_ms", None),
+                wait_s=wait,
+            )
+            return {"messages": [delivery_json(d) for d in got]}
+        if op == "ack":
+            settled = await mb.ack(_receipts(body))
+            return {"acked": settled.done, "gone": settled.gone}
+        if op == "nack":
+            settled = await mb.nack(_receipts(body), delay_s=_ms(body, "delay_ms", 0.0) or 0.0)
+            return {"released": settled.done, "gone": settled.gone}
+        if op == "extend":
+            visibility = _ms(body, "visibility_ms", None)
+            if visibility is None:
+                raise _bad("extend needs visibility_ms")
+            settled = await mb.extend(_receipts(body), visibility_s=visibility)
+            return {"extended": settled.done, "gone": settled.gone}
+        if op == "delete":
+            if not await mb.delete(_str(body, "topic"), _str(body, "msg_id")):
+                raise RonError(ErrorCode.NOT_FOUND, "no such message")
+            return {}
+        if op == "stats":
+            stats: dict[str, Any] = (await mb.stats(_str(body, "topic"))).to_wire()
+            return stats
+        if op == "dlq":
+            limit = body.get("limit", 100)
+            cursor = body.get("cursor")
+            if isinstance(limit, bool) or not isinstance(limit, int):
+                raise _bad("limit must be an integer")
+            if cursor is not None and not isinstance(cursor, str):
+                raise _bad("cursor must be a string")
+            page = await mb.dead_letters(_str(body, "topic"), limit=limit, cursor=cursor)
+            return {
+                "messages": [dead_letter_json(d) for d in page.letters],
+                "next_cursor": page.next_cursor,
+            }
+        if op == "redrive":
+            ids = body.get("msg_ids")
+            if ids is not None and (
+                not isinstance(ids, list) or not all(isinstance(i, str) for i in ids)
+            ):
+                raise _bad("msg_ids must be a list of strings")
+            return {"redriven": await mb.redrive(_str(body, "topic"), msg_ids=ids)}
+        if op == "subscribe":
+            raise _bad("subscribe over OAP is not available yet; use recv with wait_ms")
+        raise _bad(f"unknown mailbox op {op!r}")
