@@ -58,6 +58,7 @@ class SharedBuckets:
             os.close(fd)
             raise
         self._fd = fd
+        self._digests: dict[str, bytes] = {}
 
     def close(self) -> None:
         self._map.close()
@@ -65,7 +66,12 @@ class SharedBuckets:
 
     def take(self, key: str, cost: float, rate: float, burst: float, now: float) -> Verdict:
         """Admit and charge ``cost`` tokens, or refuse and say when to come back."""
-        digest = blake3.blake3(key.encode()).digest(16)
+        digest = self._digests.get(key)
+        if digest is None:
+            digest = blake3.blake3(key.encode()).digest(16)
+            if len(self._digests) >= 4096:
+                self._digests.clear()
+            self._digests[key] = digest
         start = int.from_bytes(digest[:8], "little") % self.slots
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
@@ -121,6 +127,7 @@ class SharedCounters:
             raise
         os.close(fd)
         self._slots = slots
+        self._all = struct.Struct(f"<{slots}q")
         self._offset = slot * self._CELL.size
         self.value = 0
         self._CELL.pack_into(self._map, self._offset, 0)
@@ -130,9 +137,7 @@ class SharedCounters:
         self._CELL.pack_into(self._map, self._offset, self.value)
 
     def total(self) -> int:
-        return sum(
-            self._CELL.unpack_from(self._map, i * self._CELL.size)[0] for i in range(self._slots)
-        )
+        return sum(self._all.unpack_from(self._map, 0))
 
     def close(self) -> None:
         self._map.close()

@@ -28,6 +28,7 @@ from ron.proto.httpsem import (
     parse_range,
 )
 from ron.proto.manifest import Manifest, Relations
+from ron.services.gateway.accesslog import AccessLog
 from ron.services.gateway.admission import Admission, Admitted
 from ron.services.gateway.asgi import (
     ASGIApp,
@@ -99,6 +100,7 @@ class GatewayApp:
         node_metrics: Callable[[], Awaitable[bytes]],
         admission: Admission,
         v1: ASGIApp | None = None,
+        access_log: AccessLog | None = None,
     ) -> None:
         self.reader = reader
         self.store = store
@@ -109,6 +111,8 @@ class GatewayApp:
         self._node_metrics = node_metrics
         self._v1 = v1
         self.admission = admission
+        self.access_log = access_log or AccessLog("gateway")
+        self._children: dict[tuple[str, str, int], tuple[Any, Any, Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -172,14 +176,9 @@ class GatewayApp:
                 admission.end()
             elapsed = time.perf_counter() - started
             if admission.config.request_metrics:
-                m = self.metrics
-                m.requests_total.labels(route, method, status_class(state.status)).inc()
-                m.request_latency_seconds.labels(route).observe(elapsed)
-                m.bytes_out_total.labels(route).inc(state.sent)
-                m.bytes_in_total.labels(route).inc(state.received)
-            log.info(
-                "request",
-                extra={
+                self._observe(route, method, state, elapsed)
+            self.access_log.write(
+                {
                     "corr_id": corr,
                     "route": route,
                     "method": method,
@@ -188,8 +187,31 @@ class GatewayApp:
                     "bytes_out": state.sent,
                     "duration_ms": round(elapsed * 1000, 3),
                     "tenant": state.tenant,
-                },
+                }
             )
+
+    def _observe(self, route: str, method: str, state: _Exchange, elapsed: float) -> None:
+        """Golden metrics for one request; label children are cached per label set
+        (``labels()`` costs more than the increment itself)."""
+        key = (route, method, state.status // 100)
+        children = self._children.get(key)
+        if children is None:
+            m = self.metrics
+            children = (
+                m.requests_total.labels(route, method, status_class(state.status)),
+                m.request_latency_seconds.labels(route),
+                m.bytes_out_total.labels(route),
+                m.bytes_in_total.labels(route),
+            )
+            if len(self._children) < 1024:
+                self._children[key] = children
+        requests, latency, bytes_out, bytes_in = children
+        requests.inc()
+        latency.observe(elapsed)
+        if state.sent:
+            bytes_out.inc(state.sent)
+        if state.received:
+            bytes_in.inc(state.received)
 
     # --- routing ------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from ron.kernel.admin import EmbeddedServer
 from ron.kernel.config import Config
 from ron.proto.address import Address
 from ron.services.base import Service, ServiceContext
+from ron.services.gateway.accesslog import AccessLog
 from ron.services.gateway.admission import Admission
 from ron.services.gateway.app import GatewayApp
 from ron.services.gateway.protocol import guarded_protocol
@@ -41,6 +42,7 @@ class GatewayService(Service):
             store, index_path(ctx.config), ctx.metrics, on_corrupt=self._report_corrupt
         )
         kernel = ctx.peers.get("kernel")
+        self.access_log = AccessLog(ctx.name)
         self.admission = Admission(
             ctx.config.gateway, ctx.metrics, ctx.run_dir, worker_slot(ctx.name), kernel.ready
         )
@@ -55,6 +57,7 @@ class GatewayService(Service):
             node_metrics=kernel.metrics_text,
             v1=build_v1_app(ctx),
             admission=self.admission,
+            access_log=self.access_log,
         )
         gw = ctx.config.gateway
         protocol = guarded_protocol(
@@ -72,6 +75,10 @@ class GatewayService(Service):
             timeout_keep_alive=int(ctx.config.gateway.keepalive_s),
             timeout_graceful_shutdown=int(ctx.config.kernel.drain_timeout_s),
             h11_max_incomplete_event_size=64 * 1024,
+            # Not behind a proxy by default: X-Forwarded-For from a client must never
+            # pick the anonymous tenant (and so the quota bucket) it is counted in.
+            proxy_headers=False,
+            server_header=False,
         )
         self._server = EmbeddedServer(config)
         sock = ctx.listeners["http"]
@@ -126,6 +133,7 @@ class GatewayService(Service):
             await self._serve
         self.reader.close()
         self.admission.close()
+        self.access_log.flush()
 
 
 def worker_slot(name: str) -> int:
