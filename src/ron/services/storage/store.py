@@ -117,26 +117,39 @@ class ObjectStore:
             pending: list[bytes] = []
             pending_len = 0
             size = 0
+            # One batch is written (in a thread) while the next is received: at most
+            # two batches of the body are in memory at any time.
+            writing: asyncio.Future[None] | None = None
 
             def flush(batch: list[bytes]) -> None:
                 for piece in batch:
                     writer.write(piece)
 
-            async for chunk in chunks:
-                if not chunk:
-                    continue
-                size += len(chunk)
-                if max_bytes is not None and size > max_bytes:
-                    raise RonError(
-                        ErrorCode.PAYLOAD_TOO_LARGE, f"body exceeds the {max_bytes}-byte cap"
-                    )
-                pending.append(chunk)
-                pending_len += len(chunk)
-                if pending_len >= BATCH:
-                    batch, pending, pending_len = pending, [], 0
-                    await asyncio.to_thread(flush, batch)
-            if pending:
-                await asyncio.to_thread(flush, pending)
+            try:
+                async for chunk in chunks:
+                    if not chunk:
+                        continue
+                    size += len(chunk)
+                    if max_bytes is not None and size > max_bytes:
+                        raise RonError(
+                            ErrorCode.PAYLOAD_TOO_LARGE, f"body exceeds the {max_bytes}-byte cap"
+                        )
+                    pending.append(chunk)
+                    pending_len += len(chunk)
+                    if pending_len >= BATCH:
+                        batch, pending, pending_len = pending, [], 0
+                        if writing is not None:
+                            await writing
+                        writing = asyncio.ensure_future(asyncio.to_thread(flush, batch))
+                if writing is not None:
+                    await writing
+                    writing = None
+                if pending:
+                    await asyncio.to_thread(flush, pending)
+            finally:
+                if writing is not None:  # never abort the bundle under a running write
+                    with contextlib.suppress(BaseException):
+                        await asyncio.shield(writing)
             manifest = await asyncio.to_thread(writer.commit)
             created = writer.published_new
         self.record_verified(manifest.hash_hex, self.bundle_dir(manifest.address) / "payload.bin")
