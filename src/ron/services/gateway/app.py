@@ -158,6 +158,7 @@ class GatewayApp:
             await handler(scope, receive, tracking_send, corr)
         except RonError as exc:
             if isinstance(exc, QuotaExhausted):
+                state.tenant = exc.tenant.id
                 extra_headers.extend(ratelimit_headers(exc.tenant, exc.verdict))
             if isinstance(exc, DecodeRejected):
                 self.metrics.rejected_total.labels(exc.reason).inc()
