@@ -27,6 +27,7 @@ def main(argv: list[str]) -> int:
         spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # so child processes can pickle its functions
         try:
             spec.loader.exec_module(module)
             module.run(report)

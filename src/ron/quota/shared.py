@@ -45,9 +45,12 @@ class Verdict:
 class SharedBuckets:
     """A fixed-size table of token buckets in a file shared across processes."""
 
-    def __init__(self, path: Path, slots: int = 8192) -> None:
+    def __init__(self, path: Path, slots: int = 8192, *, shared: bool = True) -> None:
+        """``shared=False`` when this process is the table's only user (one gateway
+        worker): the lock then protects nothing and its two syscalls are skipped."""
         self.path = path
         self.slots = slots
+        self._locking = shared
         size = _HEADER + slots * _SLOT.size
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -73,7 +76,8 @@ class SharedBuckets:
                 self._digests.clear()
             self._digests[key] = digest
         start = int.from_bytes(digest[:8], "little") % self.slots
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        if self._locking:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
             index = self._find(digest, start, now, rate, burst)
             offset = _HEADER + index * _SLOT.size
@@ -86,7 +90,8 @@ class SharedBuckets:
                 tokens -= cost
             _SLOT.pack_into(self._map, offset, digest, tokens, now)
         finally:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            if self._locking:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
         missing = max(0.0, min(cost, 1.0) - tokens) if not allowed else 0.0
         retry = missing / rate if rate > 0 else math.inf
         reset = (burst - tokens) / rate if rate > 0 else math.inf

@@ -57,7 +57,7 @@ class Admission:
         worker_slot: int,
         node_ready: Callable[[], Awaitable[tuple[bool, dict[str, Any]]]],
     ) -> None:
-        self._buckets = SharedBuckets(run_dir / "gateway-quota.buckets")
+        self._buckets = SharedBuckets(run_dir / "gateway-quota.buckets", shared=config.workers > 1)
         self._counters = SharedCounters(run_dir / "gateway-inflight.counters", worker_slot)
         self._node_ready = node_ready
         self._ready_cache: tuple[float, bool] = (0.0, False)

@@ -53,13 +53,19 @@ class TenantResolver:
             for key in t.api_keys:
                 self._by_key[_key_digest(key)] = tenant
         self._quota: QuotaConfig = q
+        self._anonymous: dict[str | None, Tenant] = {}
 
     def resolve(self, api_key: str | None, client_host: str | None) -> Tenant:
-        q = self._quota
         if api_key is None:
-            return Tenant(
-                f"{ANONYMOUS}:{client_host or '-'}", q.rps, q.burst, q.bytes_per_s, q.bytes_burst
-            )
+            tenant = self._anonymous.get(client_host)
+            if tenant is None:
+                q = self._quota
+                anon = f"{ANONYMOUS}:{client_host or '-'}"
+                tenant = Tenant(anon, q.rps, q.burst, q.bytes_per_s, q.bytes_burst)
+                if len(self._anonymous) >= 4096:
+                    self._anonymous.clear()
+                self._anonymous[client_host] = tenant
+            return tenant
         # Looked up by a BLAKE3 of the key: the comparison never touches the secret
         # itself, so its timing says nothing about how much of a guess was right.
         tenant = self._by_key.get(_key_digest(api_key))
