@@ -62,16 +62,20 @@ def temp_name(final: Path) -> Path:
     return final.with_name(f".{final.name}.{secrets.token_hex(8)}.tmp")
 
 
-def atomic_write_bytes(path: Path, data: bytes | bytearray | memoryview) -> None:
+def atomic_write_bytes(
+    path: Path, data: bytes | bytearray | memoryview, *, mode: int = 0o666
+) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves the old or the new file whole.
 
-    The temporary file is created with mode ``0o666`` minus the process umask (unlike
-    :func:`tempfile.mkstemp`, whose ``0o600`` would make published files unreadable to a
-    gateway running as another user). On any failure the temporary file is removed and
-    the exception propagates; the old file is untouched.
+    The temporary file is created with ``mode`` (default ``0o666``) minus the process
+    umask (unlike :func:`tempfile.mkstemp`, whose ``0o600`` would make published files
+    unreadable to a gateway running as another user). Secrets pass ``mode=0o600``: the
+    mode is applied at creation, so the bytes are never readable by others, not even
+    for an instant. On any failure the temporary file is removed and the exception
+    propagates; the old file is untouched.
     """
     tmp = temp_name(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -85,9 +89,9 @@ def atomic_write_bytes(path: Path, data: bytes | bytearray | memoryview) -> None
     fsync_dir(path.parent)
 
 
-def atomic_write_text(path: Path, text: str, encoding: str = "utf-8") -> None:
+def atomic_write_text(path: Path, text: str, encoding: str = "utf-8", *, mode: int = 0o666) -> None:
     """:func:`atomic_write_bytes` for text (UTF-8 unless told otherwise)."""
-    atomic_write_bytes(path, text.encode(encoding))
+    atomic_write_bytes(path, text.encode(encoding), mode=mode)
 
 
 def make_dirs(path: Path) -> None:

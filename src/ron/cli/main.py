@@ -178,6 +178,7 @@ def reload(data_dir: DataDir = None, admin: AdminOpt = None) -> None:
 
 
 def main() -> None:
+    import ron.cli.cap  # registers `ron cap ...` and `ron audit ...`
     import ron.cli.content  # registers the content commands
     import ron.cli.mailbox  # noqa: F401  (registers `ron mailbox ...`)
 

@@ -264,6 +264,25 @@ class MailboxConfig:
         return self.max_deliveries_by_topic.get(topic, self.max_deliveries)
 
 
+CAPS_MAX_OVERLAP_S = 30 * 86400.0
+
+
+@dataclass(frozen=True)
+class CapsConfig:
+    """Capability tokens (docs/specs/CAPABILITIES.md).
+
+    ``rotation_overlap_s`` is how long tokens minted under a rotated-out root key keep
+    working after ``ron cap rotate``; it is read at verification time, so lowering it
+    (even to 0) and reloading cuts off a compromised key's tokens without a restart.
+    """
+
+    rotation_overlap_s: float = 7 * 86400.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rotation_overlap_s <= CAPS_MAX_OVERLAP_S:
+            raise ConfigError("caps.rotation_overlap_s must be 0..2592000 (30 days)")
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole node's configuration; sections are nested frozen dataclasses."""
@@ -281,6 +300,7 @@ class Config:
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     mailbox: MailboxConfig = field(default_factory=MailboxConfig)
     omnigate: OmnigateConfig = field(default_factory=OmnigateConfig)
+    caps: CapsConfig = field(default_factory=CapsConfig)
 
     def __post_init__(self) -> None:
         parse_hostport(self.admin)
