@@ -231,16 +231,14 @@ def scrub(data_dir: DataDir = None) -> None:
     db = IndexDB(index_path(config)) if index_path(config).exists() else None
     try:
         for bundle in list(store.iter_bundles()):
-            manifest = store.read_manifest_at(bundle)
-            if manifest is None:
+            result = store.scrub_bundle(bundle)
+            if result is None:
                 continue
             checked += 1
-            payload = bundle / manifest.stored_filename
-            if store.verify_file(payload, manifest.hash_hex, manifest.bytes):
-                store.record_verified(manifest.hash_hex, payload)
+            manifest, ok = result
+            if ok:
                 continue
             corrupt.append(manifest.address.canonical)
-            store.quarantine(manifest.address, "scrub: payload hash mismatch")
             if db is not None:
                 db.delete(manifest.hash_hex)
     finally:

@@ -42,6 +42,18 @@ class Verdict:
     reset: float  # seconds until the bucket is full again
 
 
+def _map_file(path: Path, size: int) -> tuple[int, mmap.mmap]:
+    """Open (creating and growing as needed) and map ``path``; returns (fd, map)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if os.fstat(fd).st_size < size:
+            os.ftruncate(fd, size)
+        return fd, mmap.mmap(fd, size)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 class SharedBuckets:
     """A fixed-size table of token buckets in a file shared across processes."""
 
@@ -51,16 +63,7 @@ class SharedBuckets:
         self.path = path
         self.slots = slots
         self._locking = shared
-        size = _HEADER + slots * _SLOT.size
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            if os.fstat(fd).st_size < size:
-                os.ftruncate(fd, size)
-            self._map = mmap.mmap(fd, size)
-        except BaseException:
-            os.close(fd)
-            raise
-        self._fd = fd
+        self._fd, self._map = _map_file(path, _HEADER + slots * _SLOT.size)
         self._digests: dict[str, bytes] = {}
 
     def close(self) -> None:
@@ -121,16 +124,8 @@ class SharedCounters:
     def __init__(self, path: Path, slot: int, slots: int = 64) -> None:
         if not 0 <= slot < slots:
             raise ValueError("worker slot out of range")
-        size = slots * self._CELL.size
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            if os.fstat(fd).st_size < size:
-                os.ftruncate(fd, size)
-            self._map = mmap.mmap(fd, size)
-        except BaseException:
-            os.close(fd)
-            raise
-        os.close(fd)
+        fd, self._map = _map_file(path, slots * self._CELL.size)
+        os.close(fd)  # the map stays valid; counters need no lock
         self._slots = slots
         self._all = struct.Struct(f"<{slots}q")
         self._offset = slot * self._CELL.size

@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-from typing import Any
 
 import uvicorn
 
 from ron.kernel.admin import EmbeddedServer
 from ron.kernel.config import Config
-from ron.proto.address import Address
 from ron.services.base import Service, ServiceContext
 from ron.services.gateway.accesslog import AccessLog
 from ron.services.gateway.admission import Admission
@@ -23,10 +20,8 @@ from ron.services.gateway.app import GatewayApp
 from ron.services.gateway.protocol import guarded_protocol
 from ron.services.gateway.v1 import build_v1_app
 from ron.services.index.service import index_path
-from ron.services.overlay.reader import ContentReader
+from ron.services.overlay.reader import ContentReader, QuarantineReporter
 from ron.services.storage.store import ObjectStore
-
-log = logging.getLogger("ron.gateway")
 
 
 class GatewayService(Service):
@@ -35,11 +30,10 @@ class GatewayService(Service):
     async def start(self, ctx: ServiceContext) -> None:
         self._ctx = ctx
         self._settings = ctx.config.gateway
-        self._tasks: set[asyncio.Task[Any]] = set()
         store = ObjectStore(ctx.data_dir)
         store.ensure_dirs()
         self.reader = ContentReader(
-            store, index_path(ctx.config), ctx.metrics, on_corrupt=self._report_corrupt
+            store, index_path(ctx.config), ctx.metrics, on_corrupt=QuarantineReporter(ctx.peers)
         )
         kernel = ctx.peers.get("kernel")
         self.access_log = AccessLog(ctx.name)
@@ -108,19 +102,6 @@ class GatewayService(Service):
         if n >= self._settings.degraded_ratio * cap:
             return f"inflight {n} of {cap}"
         return None
-
-    def _report_corrupt(self, addr: Address, reason: str) -> None:
-        """Ask the overlay to quarantine a bundle; never blocks the failing request."""
-
-        async def report() -> None:
-            try:
-                await self._ctx.peers.get("overlay").quarantine(addr, reason)
-            except Exception as exc:
-                log.warning("quarantine request failed", extra={"err": str(exc)})
-
-        task = asyncio.create_task(report())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def health(self) -> tuple[bool, str]:
         if self._serve.done():

@@ -16,10 +16,8 @@ import asyncio
 import contextlib
 import logging
 from pathlib import Path
-from typing import Any
 
 from ron.kernel.config import Config, OmnigateConfig
-from ron.proto.address import Address
 from ron.proto.oap import AppId
 from ron.services.base import Service, ServiceContext
 from ron.services.index.service import index_path
@@ -28,7 +26,7 @@ from ron.services.omnigate.gate import App, Gate
 from ron.services.omnigate.mailbox_app import MailboxApp
 from ron.services.omnigate.server import OapServerProtocol
 from ron.services.omnigate.tls import TlsFiles, ensure_dev_certs, server_context
-from ron.services.overlay.reader import ContentReader
+from ron.services.overlay.reader import ContentReader, QuarantineReporter
 from ron.services.storage.store import ObjectStore
 
 log = logging.getLogger("ron.omnigate")
@@ -51,13 +49,12 @@ class OmnigateService(Service):
 
     async def start(self, ctx: ServiceContext) -> None:
         self._ctx = ctx
-        self._tasks: set[asyncio.Task[Any]] = set()
         settings = ctx.config.omnigate
         self._tls = settings.tls
         store = ObjectStore(ctx.data_dir)
         store.ensure_dirs()
         self.reader = ContentReader(
-            store, index_path(ctx.config), ctx.metrics, on_corrupt=self._report_corrupt
+            store, index_path(ctx.config), ctx.metrics, on_corrupt=QuarantineReporter(ctx.peers)
         )
         self.gate = Gate(settings, ctx.metrics, self._apps(), tls=self._tls)
         ssl_context = None
@@ -105,19 +102,6 @@ class OmnigateService(Service):
         """Limits, quotas, timeouts and the tiles root follow a reload; ``tls`` and the
         certificate paths need a restart (the listener was set up with them)."""
         self.gate.apply(config.omnigate)
-
-    def _report_corrupt(self, addr: Address, reason: str) -> None:
-        """Ask the overlay to quarantine a bundle; never blocks the failing request."""
-
-        async def report() -> None:
-            try:
-                await self._ctx.peers.get("overlay").quarantine(addr, reason)
-            except Exception as exc:
-                log.warning("quarantine request failed", extra={"err": str(exc)})
-
-        task = asyncio.create_task(report())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def health(self) -> tuple[bool, str]:
         if not self._server.is_serving():

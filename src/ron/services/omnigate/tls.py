@@ -14,10 +14,8 @@ detected on the next start by checking the pair, and redone.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import ipaddress
-import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ron.fsutil import atomic_write_bytes, fsync_dir, make_dirs, temp_name
+from ron.fsutil import atomic_write_bytes, make_dirs
 
 ALPN = "ron/1"
 TLS_DIR = "tls"
@@ -52,23 +50,6 @@ class TlsFiles:
 
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Like :func:`atomic_write_bytes`, but the file is 0600 from its creation on."""
-    tmp = temp_name(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    fsync_dir(path.parent)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -136,7 +117,7 @@ def _make_ca(
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    _write_private(key_path, _key_pem(key))
+    atomic_write_bytes(key_path, _key_pem(key), mode=0o600)
     atomic_write_bytes(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return cert, key
 
@@ -168,7 +149,7 @@ def _make_server(
         )
         .sign(ca_key, hashes.SHA256())
     )
-    _write_private(key_path, _key_pem(key))
+    atomic_write_bytes(key_path, _key_pem(key), mode=0o600)
     atomic_write_bytes(cert_path, cert.public_bytes(serialization.Encoding.PEM))
 
 

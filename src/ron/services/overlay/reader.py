@@ -12,6 +12,7 @@ dropped when its files disappear (deletion, quarantine).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
@@ -25,6 +26,7 @@ from ron.kernel.metrics import Metrics
 from ron.proto.address import Address
 from ron.proto.envelope import ErrorCode, RonError
 from ron.proto.manifest import Manifest
+from ron.services.base import PeerResolver
 from ron.services.index.db import IndexDB
 from ron.services.storage.store import (
     READ_CHUNK,
@@ -35,6 +37,30 @@ from ron.services.storage.store import (
 )
 
 CACHE_ENTRIES = 4096
+log = logging.getLogger("ron.overlay")
+
+
+class QuarantineReporter:
+    """``on_corrupt`` for a :class:`ContentReader` in a front-end process: asks the
+    overlay (which may live elsewhere) to quarantine a bundle, in the background, so
+    the request that found the corruption is never held up by it."""
+
+    def __init__(self, peers: PeerResolver) -> None:
+        self._peers = peers
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __call__(self, addr: Address, reason: str) -> None:
+        task = asyncio.create_task(self._report(addr, reason))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _report(self, addr: Address, reason: str) -> None:
+        try:
+            await self._peers.get("overlay").quarantine(addr, reason)
+        except Exception as exc:
+            log.warning("quarantine request failed", extra={"err": str(exc)})
+
+
 # Chunks of a streamed payload. Each chunk costs a pass through the ASGI server's send
 # path, so 64 KiB chunks left a warm 256 MiB GET CPU-bound at ~1.0-1.8 GB/s; 256 KiB
 # reached ~1.8-2.1 GB/s under the same load (bench/bench_gateway.py, docs/PERFORMANCE.md),

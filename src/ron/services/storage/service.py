@@ -79,19 +79,15 @@ class StorageService(Service):
         checked = 0
         bad: list[str] = []
         for bundle in list(self.store.iter_bundles()):
-            manifest = self.store.read_manifest_at(bundle)
-            if manifest is None:
+            result = await asyncio.to_thread(self.store.scrub_bundle, bundle)
+            if result is None:
                 continue
             checked += 1
-            ok = await asyncio.to_thread(
-                self.store.verify_file, bundle / "payload.bin", manifest.hash_hex, manifest.bytes
-            )
-            if ok:
-                self.store.record_verified(manifest.hash_hex, bundle / "payload.bin")
-                continue
-            self._scrub_bad.inc()
-            bad.append(manifest.address.canonical)
-            await self.quarantine(manifest.address, "scrub: payload hash mismatch")
+            manifest, ok = result
+            if not ok:
+                self._scrub_bad.inc()
+                self._quarantined.inc()
+                bad.append(manifest.address.canonical)
         return {"checked": checked, "corrupt": bad}
 
     # --- IPC --------------------------------------------------------------------------

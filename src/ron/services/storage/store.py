@@ -219,6 +219,19 @@ class ObjectStore:
         log.error("bundle quarantined", extra={"addr": addr.canonical, "reason": reason})
         return dest
 
+    def scrub_bundle(self, bundle: Path) -> tuple[Manifest, bool] | None:
+        """Re-hash one bundle's payload: (manifest, ok). A good one is recorded as
+        verified; a bad one is quarantined. None when the dir holds no manifest."""
+        manifest = self.read_manifest_at(bundle)
+        if manifest is None:
+            return None
+        payload = bundle / manifest.stored_filename
+        if self.verify_file(payload, manifest.hash_hex, manifest.bytes):
+            self.record_verified(manifest.hash_hex, payload)
+            return manifest, True
+        self.quarantine(manifest.address, "scrub: payload hash mismatch")
+        return manifest, False
+
     def iter_bundles(self) -> Iterator[Path]:
         """Every bundle dir under ``objects/`` (``<tld>/<hh>/<hex>.<tld>``)."""
         if not self.objects.exists():
