@@ -36,6 +36,18 @@ class RunningNode:
     def admin(self) -> str:
         return self.urls["admin"]
 
+    @property
+    def token(self) -> str | None:
+        """The owner token ``ron up`` wrote into the data dir (None before it exists)."""
+        path = self.data_dir / "auth" / "owner.token"
+        return path.read_text().strip() if path.exists() else None
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """Headers that authorize the owner: pass to every write and mailbox request."""
+        token = self.token
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
     def status(self) -> dict[str, Any]:
         data: dict[str, Any] = httpx.get(f"{self.admin}/v1/status", timeout=10).json()
         return data

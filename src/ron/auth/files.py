@@ -67,6 +67,11 @@ class AuthPaths:
         return self.auth_dir / "revocations.json"
 
     @property
+    def owner_token(self) -> Path:
+        """The token ``ron up`` mints for the node's owner; the CLI and SDK find it here."""
+        return self.auth_dir / "owner.token"
+
+    @property
     def audit_dir(self) -> Path:
         return self.data_dir / "audit"
 
