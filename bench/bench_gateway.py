@@ -81,7 +81,7 @@ def _run(report: Report, tmp: Path) -> None:
         reply = client.post(
             f"{node.http}/put",
             content=small_bytes,
-            headers={"content-type": "application/octet-stream"},
+            headers={"content-type": "application/octet-stream", **node.auth},
         )
         reply.raise_for_status()
         small_addr = reply.json()["address"]
@@ -154,7 +154,7 @@ def _puts(report: Report, node: tools.Node, big: Path, tmp: Path) -> tuple[str, 
                 with open(source, "r+b") as f:
                     f.write(os.urandom(32))
             hash_rates.append(_blake3_rate(source))
-            result = tools.curl_upload(f"{node.http}/put", source)
+            result = tools.curl_upload(f"{node.http}/put", source, headers=node.auth)
             if result.status != 201:
                 raise RuntimeError(f"PUT answered {result.status}: {result.body[:200]}")
             addr = _json_address(result.body)

@@ -71,7 +71,7 @@ def run(report: Report) -> None:
             redis_server(work / "redis") as port,
         ):
             host, http_port = node.http.removeprefix("http://").rsplit(":", 1)
-            ours = (host, int(http_port))
+            ours = (host, int(http_port), node.token)
             for batch in (1, 10):
                 best_ours = best_redis = 0.0
                 for _ in range(ROUNDS):
@@ -82,7 +82,8 @@ def run(report: Report) -> None:
                 figures[f"ours_{batch}"] = best_ours
                 figures[f"redis_{batch}"] = best_redis
                 if _sdk_available():
-                    figures[f"sdk_{batch}"] = measure(sdk_producer, sdk_consumer, node.http, batch)
+                    sdk_target = (node.http, node.token)
+                    figures[f"sdk_{batch}"] = measure(sdk_producer, sdk_consumer, sdk_target, batch)
     for batch, label in ((1, "single"), (10, "batch10")):
         ours, redis = figures[f"ours_{batch}"], figures[f"redis_{batch}"]
         report.figure(f"mailbox_{label}_ron_msgs_per_s", ours, "msg/s")
@@ -127,12 +128,14 @@ def _payloads(n: int = 64) -> list[bytes]:
 class _Http:
     """A keep-alive HTTP/1.1 connection that reconnects when the server closes it."""
 
-    def __init__(self, address: tuple[str, int]) -> None:
-        self._address = address
-        self._conn = http.client.HTTPConnection(*address, timeout=30)
+    def __init__(self, target: tuple[str, int, str]) -> None:
+        host, port, token = target
+        self._address = (host, port)
+        self._auth = f"Bearer {token}"
+        self._conn = http.client.HTTPConnection(host, port, timeout=30)
 
     def post(self, path: str, body: bytes, content_type: str) -> tuple[int, bytes]:
-        headers = {"Content-Type": content_type}
+        headers = {"Content-Type": content_type, "Authorization": self._auth}
         for attempt in (0, 1):
             try:
                 self._conn.request("POST", path, body=body, headers=headers)
@@ -147,7 +150,7 @@ class _Http:
 
 
 def ours_producer(
-    address: tuple[str, int], batch: int, start: float, end: float, out: Connection
+    address: tuple[str, int, str], batch: int, start: float, end: float, out: Connection
 ) -> None:
     http_ = _Http(address)
     pool = _payloads()
@@ -172,7 +175,7 @@ def ours_producer(
 
 
 def ours_consumer(
-    address: tuple[str, int], batch: int, start: float, end: float, out: Connection
+    address: tuple[str, int, str], batch: int, start: float, end: float, out: Connection
 ) -> None:
     http_ = _Http(address)
     counted = 0
@@ -217,12 +220,15 @@ def _sdk_available() -> bool:
     return True
 
 
-def sdk_producer(url: str, batch: int, start: float, end: float, out: Connection) -> None:
+def sdk_producer(
+    target: tuple[str, str], batch: int, start: float, end: float, out: Connection
+) -> None:
     from ron.sdk.client import Client
 
     pool = _payloads()
     i = 0
-    with Client(url) as client:
+    url, token = target
+    with Client(url, cap=token) as client:
         _sleep_until(start)
         while time.monotonic() < end:
             if batch == 1:
@@ -233,11 +239,14 @@ def sdk_producer(url: str, batch: int, start: float, end: float, out: Connection
     out.send(i)
 
 
-def sdk_consumer(url: str, batch: int, start: float, end: float, out: Connection) -> None:
+def sdk_consumer(
+    target: tuple[str, str], batch: int, start: float, end: float, out: Connection
+) -> None:
     from ron.sdk.client import Client
 
     counted = 0
-    with Client(url) as client:
+    url, token = target
+    with Client(url, cap=token) as client:
         _sleep_until(start)
         while (now := time.monotonic()) < end:
             got = client.receive(TOPIC, max=batch, wait_s=1)

@@ -59,10 +59,14 @@ def reply_bytes(size: int) -> int:
     return size + chunks * FRAME + FRAME
 
 
-def get_request(addr: str) -> bytes:
+def get_request(addr: str, cap: bytes) -> bytes:
     payload = json.dumps({"op": "get", "addr": addr}).encode()
     frame = Frame(
-        Flags.REQ | Flags.START | Flags.END, app_proto_id=AppId.STORAGE, corr_id=1, payload=payload
+        Flags.REQ | Flags.START | Flags.END,
+        app_proto_id=AppId.STORAGE,
+        corr_id=1,
+        cap=cap,
+        payload=payload,
     )
     return encode_frame(frame)
 
@@ -235,17 +239,18 @@ def node(tmp: Path, tls: bool) -> Iterator[dict[str, str]]:
         proc.wait(60)
 
 
-def put(http: str, data: bytes) -> str:
-    reply = httpx.post(f"{http}/put", content=data, timeout=120)
+def put(http: str, data: bytes, token: str) -> str:
+    headers = {"Authorization": f"Bearer {token}"}
+    reply = httpx.post(f"{http}/put", content=data, headers=headers, timeout=120)
     reply.raise_for_status()
     address: str = reply.json()["address"]
     return address
 
 
-async def _check(url: str, addr: str, size: int, ca: Path | None) -> None:
+async def _check(url: str, addr: str, size: int, ca: Path | None, token: str) -> None:
     """One verified GET through the SDK: the bytes are right before anything is timed."""
     with tempfile.TemporaryDirectory() as tmp:
-        async with await OapClient.connect(url, ca_file=ca) as client:
+        async with await OapClient.connect(url, ca_file=ca, cap=token) as client:
             assert await client.get(addr, Path(tmp) / "obj") == size
 
 
@@ -259,14 +264,16 @@ def _measure(report: Report, tls: bool, small_data: bytes, large_data: bytes) ->
 
     label = "tls" if tls else "tcp"
     with tempfile.TemporaryDirectory(prefix="bench-oap-") as tmp, node(Path(tmp), tls) as urls:
-        small = put(urls["http"], small_data)
-        large = put(urls["http"], large_data)
+        token = (Path(tmp) / "data" / "auth" / "owner.token").read_text().strip()
+        small = put(urls["http"], small_data, token)
+        large = put(urls["http"], large_data, token)
         ca = Path(tmp) / "data" / "tls" / "ca.crt" if tls else None
         _CA[:] = [ca] if ca else []
-        uvloop.run(_check(urls["oap"], small, SMALL, ca))
-        uvloop.run(_check(urls["oap"], large, LARGE, ca))  # also verifies it once
+        uvloop.run(_check(urls["oap"], small, SMALL, ca, token))
+        uvloop.run(_check(urls["oap"], large, LARGE, ca, token))  # also verifies it once
         host, port = _hostport(urls["oap"])
-        small_req, large_req = get_request(small), get_request(large)
+        cap = token.encode()
+        small_req, large_req = get_request(small, cap), get_request(large, cap)
         cases = [
             ("small_1conn", small_req, SMALL, 1, 0.3),
             (f"small_{CONNS}conn", small_req, SMALL, CONNS, 0.3),

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 from report import Report
-from tools import ron_node, wrk
+from tools import Node, ron_node, wrk
 
 CALM_KEY = "calm-tenant-key-0123456789"
 NOISY_KEY = "noisy-tenant-key-0123456789"
@@ -39,16 +39,15 @@ burst = 100
 """
 
 
-def _put(http: str, body: bytes, key: str | None = None) -> str:
-    headers = {"X-Api-Key": key} if key else {}
-    r = httpx.post(f"{http}/put", content=body, headers=headers, timeout=30)
+def _put(node: Node, body: bytes) -> str:
+    r = httpx.post(f"{node.http}/put", content=body, headers=node.auth, timeout=30)
     r.raise_for_status()
     return str(r.json()["address"])
 
 
 def _get_rate(env: dict[str, str], seconds: float) -> float:
     with tempfile.TemporaryDirectory() as tmp, ron_node(Path(tmp), env=env) as node:
-        addr = _put(node.http, os.urandom(1024))
+        addr = _put(node, os.urandom(1024))
         wrk(f"{node.http}/o/{addr}", seconds=1, connections=4)  # warm-up
         result = wrk(f"{node.http}/o/{addr}", seconds=seconds, connections=4)
         return result.requests_per_s
@@ -105,7 +104,7 @@ def run(report: Report) -> None:
         cfg = Path(tmp) / "ron.toml"
         cfg.write_text(FAIR_CONFIG)
         with ron_node(Path(tmp), env={"RON_CONFIG": str(cfg)}) as node:
-            addr = _put(node.http, os.urandom(1024), CALM_KEY)
+            addr = _put(node, os.urandom(1024))
             url = f"{node.http}/o/{addr}"
             ok, total, alone = _paced(url, CALM_KEY, 20.0, seconds)
             noisy = multiprocessing.get_context("spawn").Process(

@@ -140,6 +140,15 @@ class Node:
     def pid(self) -> int:
         return self.proc.pid
 
+    @property
+    def token(self) -> str:
+        """The owner capability token ``ron up`` wrote (writes and mailbox calls need it)."""
+        return (self.data_dir / "auth" / "owner.token").read_text().strip()
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
 
 @contextlib.contextmanager
 def ron_node(workdir: Path, env: dict[str, str] | None = None) -> Iterator[Node]:
@@ -409,7 +418,12 @@ def curl_get(url: str) -> CurlResult:
     return CurlResult(int(out[0]), float(out[1]), "")
 
 
-def curl_upload(url: str, path: Path, content_type: str = "application/octet-stream") -> CurlResult:
+def curl_upload(
+    url: str,
+    path: Path,
+    content_type: str = "application/octet-stream",
+    headers: dict[str, str] | None = None,
+) -> CurlResult:
     """POST a file's bytes, streamed from disk (``-T``; ``--data-binary @`` would read it
     whole into memory first) and without an ``Expect: 100-continue`` round trip."""
     binary = ensure_tools("curl")["curl"]
@@ -426,6 +440,7 @@ def curl_upload(url: str, path: Path, content_type: str = "application/octet-str
             "Expect:",
             "-H",
             f"Content-Type: {content_type}",
+            *(arg for k, v in (headers or {}).items() for arg in ("-H", f"{k}: {v}")),
             "-w",
             marker + "%{http_code} %{time_total}",
             url,

@@ -14,6 +14,11 @@ import pytest
 from support.node import RON, RunningNode, run_node
 
 
+def beside(node: RunningNode) -> dict[str, str]:
+    """The environment of a user working next to the node: ``ron`` finds its owner token."""
+    return {"RON_DATA_DIR": str(node.data_dir)}
+
+
 def ron(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         [RON, *args], capture_output=True, timeout=120, env={**os.environ, **(env or {})}
@@ -50,7 +55,9 @@ def test_put_prints_only_the_address_and_get_verifies(node: RunningNode, tmp_pat
 def test_put_records_license_and_parent(node: RunningNode, tmp_path: Path) -> None:
     parent = tmp_path / "parent.txt"
     parent.write_text("parent\n")
-    parent_addr = ron("put", str(parent), "--node", node.http).stdout.decode().strip()
+    parent_addr = (
+        ron("put", str(parent), "--node", node.http, env=beside(node)).stdout.decode().strip()
+    )
     child = tmp_path / "child.txt"
     child.write_text("child\n")
     child_addr = (
@@ -63,6 +70,7 @@ def test_put_records_license_and_parent(node: RunningNode, tmp_path: Path) -> No
             parent_addr,
             "--node",
             node.http,
+            env=beside(node),
         )
         .stdout.decode()
         .strip()
@@ -93,7 +101,7 @@ def test_get_of_unknown_address_fails_cleanly(node: RunningNode, tmp_path: Path)
 def test_scrub_finds_and_quarantines_corruption(node: RunningNode, tmp_path: Path) -> None:
     src = tmp_path / "victim.bin"
     src.write_bytes(os.urandom(5000))
-    addr = ron("put", str(src), "--node", node.http).stdout.decode().strip()
+    addr = ron("put", str(src), "--node", node.http, env=beside(node)).stdout.decode().strip()
     hex_digest = addr[3:]
     payload = (
         node.data_dir / "objects" / "bin" / hex_digest[:2] / f"{hex_digest}.bin" / "payload.bin"

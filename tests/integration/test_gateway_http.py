@@ -45,7 +45,9 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode]:
     )
     with run_node(tmp, config=CONFIG) as n:
         reply = httpx.post(
-            f"{n.http}/put?tld=txt", content=ALPHABET, headers={"Content-Type": "text/plain"}
+            f"{n.http}/put?tld=txt",
+            content=ALPHABET,
+            headers={"Content-Type": "text/plain", **n.auth},
         )
         assert reply.status_code == 201, reply.text
         yield n
@@ -62,7 +64,7 @@ def get(node: RunningNode, path: str, **headers: str) -> httpx.Response:
 
 
 def test_put_returns_201_with_address_and_location(node: RunningNode) -> None:
-    reply = httpx.post(f"{node.http}/put?tld=txt", content=ALPHABET)
+    reply = httpx.post(f"{node.http}/put?tld=txt", content=ALPHABET, headers=node.auth)
     assert reply.status_code == 201
     assert reply.json()["address"] == ALPHA
     assert reply.headers["location"] == f"/o/{ALPHA}.txt"
@@ -238,7 +240,7 @@ def test_sane_corr_id_is_echoed_and_insane_one_replaced(node: RunningNode) -> No
 
 
 def test_put_over_cap_is_413(node: RunningNode) -> None:
-    r = httpx.post(f"{node.http}/put", content=b"x" * (4 * 1024 * 1024 + 1))
+    r = httpx.post(f"{node.http}/put", content=b"x" * (4 * 1024 * 1024 + 1), headers=node.auth)
     assert r.status_code == 413
     assert r.json()["code"] == "payload_too_large"
 
@@ -289,7 +291,9 @@ def test_corrupted_zst_falls_back_to_identity_and_is_counted(
 ) -> None:
     body = b"zstd corruption test " * 50
     addr = httpx.post(
-        f"{node.http}/put?tld=txt", content=body, headers={"Content-Type": "text/plain"}
+        f"{node.http}/put?tld=txt",
+        content=body,
+        headers={"Content-Type": "text/plain", **node.auth},
     ).json()["address"]
     hex_digest = addr[3:]
     zst = _bundle(node, hex_digest, "txt") / "payload.bin.zst"
@@ -306,7 +310,7 @@ def test_corrupted_zst_falls_back_to_identity_and_is_counted(
 
 def test_corrupted_small_payload_is_never_served(node: RunningNode) -> None:
     body = os.urandom(1000)
-    addr = httpx.post(f"{node.http}/put?tld=bin", content=body).json()["address"]
+    addr = httpx.post(f"{node.http}/put?tld=bin", content=body, headers=node.auth).json()["address"]
     payload = _bundle(node, addr[3:], "bin") / "payload.bin"
     data = bytearray(payload.read_bytes())
     data[10] ^= 0x01
@@ -323,7 +327,7 @@ def test_corrupted_small_payload_is_never_served(node: RunningNode) -> None:
 
 def test_corrupted_large_payload_is_never_delivered_complete(node: RunningNode) -> None:
     body = os.urandom(3 * 1024 * 1024)
-    addr = httpx.post(f"{node.http}/put?tld=bin", content=body).json()["address"]
+    addr = httpx.post(f"{node.http}/put?tld=bin", content=body, headers=node.auth).json()["address"]
     payload = _bundle(node, addr[3:], "bin") / "payload.bin"
     with open(payload, "r+b") as f:  # flip one byte near the end, in place
         f.seek(len(body) - 100)
@@ -347,7 +351,7 @@ def test_corrupted_large_payload_is_never_delivered_complete(node: RunningNode) 
 
 def test_large_object_round_trips_and_range_reads_verify(node: RunningNode) -> None:
     body = os.urandom(2 * 1024 * 1024 + 17)
-    addr = httpx.post(f"{node.http}/put", content=body).json()["address"]
+    addr = httpx.post(f"{node.http}/put", content=body, headers=node.auth).json()["address"]
     r = get(node, f"/o/{addr}")
     assert r.status_code == 200 and r.content == body
     r = get(node, f"/o/{addr}", Range="bytes=1048576-1048585")

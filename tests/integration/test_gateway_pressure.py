@@ -47,7 +47,10 @@ burst = 2000
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode]:
     with run_node(tmp_path_factory.mktemp("pressure"), config=CONFIG) as n:
-        r = httpx.post(f"{n.http}/put", content=b"hello pressure", headers={"X-Api-Key": KEY_B})
+        # Writes need a token; one for tenant "bravo" lands in the same bucket as KEY_B.
+        n.bravo_token = n.mint("bravo")  # type: ignore[attr-defined]
+        n.bravo = {"Authorization": f"Bearer {n.bravo_token}"}  # type: ignore[attr-defined]
+        r = httpx.post(f"{n.http}/put", content=b"hello pressure", headers=n.bravo)  # type: ignore[attr-defined]
         assert r.status_code == 201, r.text
         n.addr = r.json()["address"]  # type: ignore[attr-defined]
         yield n
@@ -107,7 +110,7 @@ def _open_stalled_puts(node: RunningNode, n: int) -> list[socket.socket]:
     for _ in range(n):
         s = socket.create_connection(_hostport(node), timeout=10)
         s.sendall(
-            f"POST /put HTTP/1.1\r\nHost: x\r\nX-Api-Key: {KEY_B}\r\n"
+            f"POST /put HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {node.bravo_token}\r\n"  # type: ignore[attr-defined]
             "Content-Length: 100000\r\n\r\n".encode()
         )
         socks.append(s)
@@ -124,7 +127,7 @@ def test_saturated_inflight_turns_unready_reads_served_writes_refused(node: Runn
         assert 1 <= int(ready.headers["retry-after"]) <= 5
         get = httpx.get(f"{node.http}/o/{node.addr}", headers={"X-Api-Key": KEY_B})  # type: ignore[attr-defined]
         assert get.status_code == 200
-        put = httpx.post(f"{node.http}/put", content=b"refused", headers={"X-Api-Key": KEY_B})
+        put = httpx.post(f"{node.http}/put", content=b"refused", headers=node.bravo)  # type: ignore[attr-defined]
         assert put.status_code == 503 and put.json()["code"] == "unavailable"
         assert 1 <= int(put.headers["retry-after"]) <= 5
         # The node's own /readyz says so too (through the gateway's health report).
@@ -133,7 +136,7 @@ def test_saturated_inflight_turns_unready_reads_served_writes_refused(node: Runn
         for s in socks:
             s.close()
     wait_until_sync(lambda: httpx.get(f"{node.http}/readyz").status_code == 200, 15)
-    put = httpx.post(f"{node.http}/put", content=b"accepted again", headers={"X-Api-Key": KEY_B})
+    put = httpx.post(f"{node.http}/put", content=b"accepted again", headers=node.bravo)  # type: ignore[attr-defined]
     assert put.status_code == 201
 
 
@@ -155,7 +158,8 @@ def test_slowloris_on_headers_is_cut_while_others_are_served(node: RunningNode) 
 def test_slowloris_on_body_is_cut_at_read_idle_deadline(node: RunningNode) -> None:
     s = socket.create_connection(_hostport(node), timeout=10)
     s.sendall(
-        f"POST /put HTTP/1.1\r\nHost: x\r\nX-Api-Key: {KEY_B}\r\nContent-Length: 1000\r\n\r\n"
+        f"POST /put HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {node.bravo_token}\r\n"  # type: ignore[attr-defined]
+        "Content-Length: 1000\r\n\r\n"
         "only a little".encode()
     )
     reply = s.recv(65536)
@@ -200,7 +204,7 @@ def test_zstd_bomb_is_413_and_memory_stays_flat(node: RunningNode) -> None:
     r = httpx.post(
         f"{node.http}/put",
         content=bomb,
-        headers={"Content-Encoding": "zstd", "X-Api-Key": KEY_B},
+        headers={"Content-Encoding": "zstd", **node.bravo},  # type: ignore[attr-defined]
         timeout=60,
     )
     assert r.status_code == 413 and r.json()["code"] == "payload_too_large"
@@ -217,7 +221,7 @@ def test_gzip_and_brotli_bombs_are_413(node: RunningNode, coding: str, encode: o
     r = httpx.post(
         f"{node.http}/put",
         content=bomb,
-        headers={"Content-Encoding": coding, "X-Api-Key": KEY_B},
+        headers={"Content-Encoding": coding, **node.bravo},  # type: ignore[attr-defined]
         timeout=60,
     )
     assert r.status_code == 413
@@ -228,7 +232,7 @@ def test_compressed_body_is_stored_decoded(node: RunningNode) -> None:
     r = httpx.post(
         f"{node.http}/put",
         content=zstandard.ZstdCompressor().compress(text),
-        headers={"Content-Encoding": "zstd", "X-Api-Key": KEY_B},
+        headers={"Content-Encoding": "zstd", **node.bravo},  # type: ignore[attr-defined]
     )
     assert r.status_code == 201
     got = httpx.get(f"{node.http}/o/{r.json()['address']}", headers={"X-Api-Key": KEY_B})
@@ -239,7 +243,7 @@ def test_stacked_encodings_are_415(node: RunningNode) -> None:
     r = httpx.post(
         f"{node.http}/put",
         content=b"x",
-        headers={"Content-Encoding": "gzip, br", "X-Api-Key": KEY_B},
+        headers={"Content-Encoding": "gzip, br", **node.bravo},  # type: ignore[attr-defined]
     )
     assert r.status_code == 415 and r.json()["code"] == "unsupported_media_type"
 

@@ -60,8 +60,8 @@ class Ledger:
         self.errors = 0
 
 
-def produce(url: str, ledger: Ledger) -> None:
-    with httpx.Client(base_url=url, timeout=10) as http:
+def produce(url: str, auth: dict[str, str], ledger: Ledger) -> None:
+    with httpx.Client(base_url=url, timeout=10, headers=auth) as http:
         for i in range(N):
             body = b"msg-%05d" % i
             while not ledger.stop.is_set():
@@ -83,8 +83,8 @@ def produce(url: str, ledger: Ledger) -> None:
     ledger.producer_done.set()
 
 
-def consume(url: str, ledger: Ledger) -> None:
-    with httpx.Client(base_url=url, timeout=10) as http:
+def consume(url: str, auth: dict[str, str], ledger: Ledger) -> None:
+    with httpx.Client(base_url=url, timeout=10, headers=auth) as http:
         while not ledger.stop.is_set():
             try:
                 reply = http.post(f"/v1/mailbox/{TOPIC}/receive", json={"max": 10, "wait_s": 0.5})
@@ -117,8 +117,8 @@ def test_acknowledged_messages_survive_sigkill_of_the_mailbox(node: RunningNode)
     rng = random.Random()
     ledger = Ledger()
     threads = [
-        threading.Thread(target=produce, args=(node.http, ledger), daemon=True),
-        threading.Thread(target=consume, args=(node.http, ledger), daemon=True),
+        threading.Thread(target=produce, args=(node.http, node.auth, ledger), daemon=True),
+        threading.Thread(target=consume, args=(node.http, node.auth, ledger), daemon=True),
     ]
     for t in threads:
         t.start()
@@ -156,7 +156,7 @@ def test_acknowledged_messages_survive_sigkill_of_the_mailbox(node: RunningNode)
     assert mailbox["restarts"] >= KILLS
     # Whatever is left (delivered but not acked when a kill hit) comes back, and the
     # topic drains: the store agrees with what the clients saw.
-    with httpx.Client(base_url=node.http, timeout=10) as http:
+    with httpx.Client(base_url=node.http, timeout=10, headers=node.auth) as http:
 
         def drained() -> bool:
             got = http.post(f"/v1/mailbox/{TOPIC}/receive", json={"max": 100, "wait_s": 1})
@@ -172,7 +172,7 @@ def test_acknowledged_messages_survive_sigkill_of_the_mailbox(node: RunningNode)
 
 def test_a_subscription_outlives_a_mailbox_restart(node: RunningNode) -> None:
     with (
-        httpx.Client(base_url=node.http, timeout=30) as http,
+        httpx.Client(base_url=node.http, timeout=30, headers=node.auth) as http,
         http.stream("GET", "/v1/mailbox/resub/subscribe") as stream,
     ):
         lines = stream.iter_lines()
@@ -182,7 +182,7 @@ def test_a_subscription_outlives_a_mailbox_restart(node: RunningNode) -> None:
         node.wait_healthy("mailbox", other_than_pid=pid, timeout=30)
 
         def sent() -> str | None:
-            with httpx.Client(base_url=node.http, timeout=10) as other:
+            with httpx.Client(base_url=node.http, timeout=10, headers=node.auth) as other:
                 reply = other.post("/v1/mailbox/resub/messages", content=b"after the crash")
             return str(reply.json()["msg_id"]) if reply.status_code == 201 else None
 

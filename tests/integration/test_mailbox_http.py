@@ -39,7 +39,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode]:
 
 @pytest.fixture(scope="module")
 def http(node: RunningNode) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=node.http, timeout=30) as client:
+    with httpx.Client(base_url=node.http, timeout=30, headers=node.auth) as client:
         yield client
 
 
@@ -254,7 +254,10 @@ def test_dead_letter_paging_and_redrive_by_id(http: httpx.Client) -> None:
 def test_long_poll_returns_as_soon_as_a_message_arrives(
     node: RunningNode, http: httpx.Client
 ) -> None:
-    with ThreadPoolExecutor(1) as pool, httpx.Client(base_url=node.http, timeout=30) as other:
+    with (
+        ThreadPoolExecutor(1) as pool,
+        httpx.Client(base_url=node.http, timeout=30, headers=node.auth) as other,
+    ):
         waiting = pool.submit(
             lambda: other.post("/v1/mailbox/longpoll/receive", json={"wait_s": 20, "max": 5})
         )
@@ -274,7 +277,7 @@ def test_sse_subscription_pushes_messages_with_receipts(
     first = send(http, "sse", b"already-there")
     events: list[dict[str, Any]] = []
     with (
-        httpx.Client(base_url=node.http, timeout=30) as sub,
+        httpx.Client(base_url=node.http, timeout=30, headers=node.auth) as sub,
         sub.stream("GET", "/v1/mailbox/sse/subscribe", params={"max_unacked": 10}) as stream,
     ):
         assert stream.status_code == 200

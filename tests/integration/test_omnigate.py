@@ -22,7 +22,7 @@ from ron.proto.envelope import RonError
 from ron.proto.oap import STORAGE_CHUNK, AppId, Flags, Frame, encode_frame
 from ron.sdk.oap import OapClient, OapIntegrityError, client_context
 from support.node import RunningNode, run_node
-from support.oap import RawOap, body, ca_file, fresh_tenant, get_frame
+from support.oap import RawOap, body, ca_file, fresh_tenant, get_frame, use_cap
 from support.waiting import wait_until_sync
 
 # REFERENCE §5: the HELLO request, flags 0, everything zero (37 bytes).
@@ -40,11 +40,12 @@ storage_rps = 100000.0
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode]:
     with run_node(tmp_path_factory.mktemp("omnigate"), config=CONFIG) as n:
+        use_cap(n.token)
         yield n
 
 
 def put(node: RunningNode, data: bytes) -> str:
-    reply = httpx.post(f"{node.http}/put", content=data, timeout=60)
+    reply = httpx.post(f"{node.http}/put", content=data, headers=node.auth, timeout=60)
     assert reply.status_code == 201, reply.text
     address: str = reply.json()["address"]
     return address
@@ -121,7 +122,9 @@ async def test_3_mib_object_streams_in_64_kib_frames_and_hash_matches(
 async def test_sdk_get_verifies_and_writes_the_file(
     node: RunningNode, big: str, small: str, tmp_path: Path
 ) -> None:
-    async with await OapClient.connect(node.urls["oap"], ca_file=ca_file(node.data_dir)) as c:
+    async with await OapClient.connect(
+        node.urls["oap"], ca_file=ca_file(node.data_dir), cap=node.token
+    ) as c:
         assert (await c.hello())["max_frame"] == 1048576
         assert await c.get(big, tmp_path / "big") == len(BIG)
         assert await c.get(small, tmp_path / "small") == len(SMALL)
@@ -160,7 +163,7 @@ async def test_bad_storage_requests_get_error_frames_and_connection_goes_on(
         tenant = fresh_tenant()
         frame = Frame(
             REQ | START | END, app_proto_id=AppId.STORAGE, tenant_id=tenant, corr_id=7,
-            payload=payload,
+            cap=node.token.encode(), payload=payload,
         )  # fmt: skip
         conn.send(encode_frame(frame))
         [reply] = await conn.reply(7)
@@ -175,7 +178,9 @@ async def test_bad_storage_requests_get_error_frames_and_connection_goes_on(
 
 
 async def test_unknown_apps_are_404(node: RunningNode) -> None:
-    async with await OapClient.connect(node.urls["oap"], ca_file=ca_file(node.data_dir)) as c:
+    async with await OapClient.connect(
+        node.urls["oap"], ca_file=ca_file(node.data_dir), cap=node.token
+    ) as c:
         with pytest.raises(RonError) as unknown:
             await c.request(0x7777, b"{}")
         assert unknown.value.status == 404
@@ -183,7 +188,9 @@ async def test_unknown_apps_are_404(node: RunningNode) -> None:
 
 async def test_mailbox_round_trip_over_oap(node: RunningNode) -> None:
     """send, recv, a stale ack, ack: the same mailbox and rules as over HTTP."""
-    async with await OapClient.connect(node.urls["oap"], ca_file=ca_file(node.data_dir)) as c:
+    async with await OapClient.connect(
+        node.urls["oap"], ca_file=ca_file(node.data_dir), cap=node.token
+    ) as c:
 
         async def call(body: dict[str, object]) -> dict[str, object]:
             reply = await c.request(AppId.MAILBOX, body)
@@ -229,7 +236,9 @@ async def test_corrupted_object_never_arrives_complete(node: RunningNode, tmp_pa
         await conn.close()
     assert frames[-1].code == 500
     assert sum(len(f.payload) for f in frames[:-1]) < len(data)
-    async with await OapClient.connect(node.urls["oap"], ca_file=ca_file(node.data_dir)) as c:
+    async with await OapClient.connect(
+        node.urls["oap"], ca_file=ca_file(node.data_dir), cap=node.token
+    ) as c:
         with pytest.raises(RonError):
             await c.get(addr, tmp_path / "out")
     assert not os.listdir(tmp_path)
@@ -241,7 +250,9 @@ async def test_sdk_refuses_bytes_that_do_not_match_the_address(
     # Ask for one address, but let the server send another object's bytes: the SDK's
     # check is against the address it asked for, whatever the server claims.
     other = put(node, b"some other bytes entirely")
-    async with await OapClient.connect(node.urls["oap"], ca_file=ca_file(node.data_dir)) as c:
+    async with await OapClient.connect(
+        node.urls["oap"], ca_file=ca_file(node.data_dir), cap=node.token
+    ) as c:
         original = c.stream
 
         def swapped(app: int, payload: object, **kw: object):  # type: ignore[no-untyped-def]
@@ -321,7 +332,7 @@ async def test_comp_over_ratio_is_413_and_the_connection_goes_on(
     try:
         frame = Frame(
             REQ | START | END | Flags.COMP, app_proto_id=AppId.STORAGE,
-            tenant_id=fresh_tenant(), corr_id=14, payload=bomb,
+            tenant_id=fresh_tenant(), corr_id=14, cap=node.token.encode(), payload=bomb,
         )  # fmt: skip
         conn.send(encode_frame(frame))
         [reply] = await conn.reply(14)
@@ -338,7 +349,7 @@ async def test_compressed_request_is_served(node: RunningNode, small: str) -> No
     try:
         frame = Frame(
             REQ | START | END | Flags.COMP, app_proto_id=AppId.STORAGE,
-            tenant_id=fresh_tenant(), corr_id=15, payload=packed,
+            tenant_id=fresh_tenant(), corr_id=15, cap=node.token.encode(), payload=packed,
         )  # fmt: skip
         conn.send(encode_frame(frame))
         frames = await conn.reply(15)
@@ -454,7 +465,9 @@ def test_dev_ca_and_server_certificate_are_in_the_data_dir(node: RunningNode) ->
 async def test_golden_metrics_count_storage_requests(node: RunningNode, small: str) -> None:
     before = node.metric("requests_total", route="storage", status="2xx", service="omnigate")
     sent = node.metric("bytes_out_total", route="storage", service="omnigate")
-    async with await OapClient.connect(node.urls["oap"], ca_file=ca_file(node.data_dir)) as c:
+    async with await OapClient.connect(
+        node.urls["oap"], ca_file=ca_file(node.data_dir), cap=node.token
+    ) as c:
         for _ in range(3):
             await c.request(AppId.STORAGE, {"op": "get", "addr": small}, tenant_id=fresh_tenant())
     assert node.metric("requests_total", route="storage", status="2xx") >= before + 3

@@ -13,7 +13,7 @@ import pytest
 
 from ron.proto.oap import AppId, Flags, Frame, encode_frame
 from support.node import RunningNode, run_node
-from support.oap import RawOap, body, fresh_tenant, get_frame
+from support.oap import RawOap, body, fresh_tenant, get_frame, tenant_cap, use_cap
 from support.waiting import wait_until, wait_until_sync
 
 REQ, RESP, START, END = Flags.REQ, Flags.RESP, Flags.START, Flags.END
@@ -36,12 +36,13 @@ max_stream_bytes = 4096
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode]:
     with run_node(tmp_path_factory.mktemp("omnigate-limits"), config=CONFIG) as n:
+        use_cap(n.token)
         yield n
 
 
 @pytest.fixture(scope="module")
 def small(node: RunningNode) -> str:
-    reply = httpx.post(f"{node.http}/put", content=SMALL, timeout=30)
+    reply = httpx.post(f"{node.http}/put", content=SMALL, headers=node.auth, timeout=30)
     assert reply.status_code == 201
     address: str = reply.json()["address"]
     return address
@@ -51,8 +52,9 @@ async def raw(node: RunningNode) -> RawOap:
     return await RawOap.open(node.urls["oap"], node.data_dir)
 
 
-async def served(conn: RawOap, addr: str, corr: int) -> None:
-    conn.send(get_frame(corr, addr=addr, tenant_id=fresh_tenant()))
+async def served(node: RunningNode, conn: RawOap, addr: str, corr: int) -> None:
+    tenant = fresh_tenant()
+    conn.send(get_frame(corr, addr=addr, tenant_id=tenant, cap=tenant_cap(node, tenant)))
     frames = await conn.reply(corr)
     assert frames[-1].code == 0, body(frames[-1])
     assert b"".join(f.payload for f in frames) == SMALL
@@ -68,16 +70,17 @@ async def test_quota_is_per_tenant_and_app_with_retry_after(node: RunningNode, s
     conn = await raw(node)
     try:
         tenant = fresh_tenant()
-        conn.send(get_frame(1, addr=small, tenant_id=tenant))
+        cap = tenant_cap(node, tenant)
+        conn.send(get_frame(1, addr=small, tenant_id=tenant, cap=cap))
         assert (await conn.reply(1))[-1].code == 0
-        conn.send(get_frame(2, addr=small, tenant_id=tenant))
+        conn.send(get_frame(2, addr=small, tenant_id=tenant, cap=cap))
         [refused] = await conn.reply(2)
         assert refused.flags == RESP | END and refused.code == 429
         assert refused.tenant_id == tenant and refused.app_proto_id == AppId.STORAGE
         envelope = body(refused)
         assert envelope["code"] == "quota_exhausted" and envelope["retryable"] is True
         assert 0 < envelope["retry_after_ms"] <= 2000
-        await served(conn, small, 3)  # another tenant is not affected
+        await served(node, conn, small, 3)  # another tenant is not affected
     finally:
         await conn.close()
     assert node.metric("quota_exhaustions_total", route="storage") == before + 1
@@ -93,10 +96,12 @@ async def test_global_inflight_cap_is_503_while_others_are_served(
         # Two requests whose END has not come yet hold both inflight slots.
         tenants = {corr: fresh_tenant() for corr in (1, 2)}
         for corr, tenant in tenants.items():
-            parked.send(get_frame(corr, addr=small, tenant_id=tenant, flags=REQ | START))
+            cap = tenant_cap(node, tenant)
+            parked.send(get_frame(corr, addr=small, tenant_id=tenant, flags=REQ | START, cap=cap))
         parked.send(HELLO)
         await parked.reply(77)  # the server has read (and admitted) both
-        other.send(get_frame(5, addr=small, tenant_id=fresh_tenant()))
+        tenant = fresh_tenant()
+        other.send(get_frame(5, addr=small, tenant_id=tenant, cap=tenant_cap(node, tenant)))
         [busy] = await other.reply(5)
         assert busy.code == 503
         envelope = body(busy)
@@ -106,7 +111,7 @@ async def test_global_inflight_cap_is_503_while_others_are_served(
         parked.send(encode_frame(end))
         frames = await parked.reply(1)
         assert frames[-1].code == 0 and b"".join(f.payload for f in frames) == SMALL
-        await served(other, small, 6)
+        await served(node, other, small, 6)
     finally:
         await parked.close()
         await other.close()
@@ -119,7 +124,7 @@ async def test_stream_frame_budget_is_400(node: RunningNode, small: str) -> None
     try:
         tenant = fresh_tenant()
         frames = [Frame(REQ | START, app_proto_id=AppId.STORAGE, tenant_id=tenant, corr_id=9,
-                        payload=b'{"op":')]  # fmt: skip
+                        cap=tenant_cap(node, tenant), payload=b'{"op":')]  # fmt: skip
         frames += [
             Frame(REQ, app_proto_id=AppId.STORAGE, tenant_id=tenant, corr_id=9, payload=b" ")
             for _ in range(4)
@@ -140,7 +145,7 @@ async def test_stream_byte_budget_is_413(node: RunningNode) -> None:
     conn = await raw(node)
     try:
         frame = Frame(REQ | START | END, app_proto_id=AppId.STORAGE, tenant_id=fresh_tenant(),
-                      corr_id=10, payload=b"x" * 5000)  # fmt: skip
+                      corr_id=10, cap=node.token.encode(), payload=b"x" * 5000)  # fmt: skip
         conn.send(encode_frame(frame))
         [refused] = await conn.reply(10)
         assert refused.code == 413
@@ -165,7 +170,7 @@ async def test_idle_connection_gets_408_then_close(node: RunningNode, small: str
         await conn.close()
     other = await raw(node)
     try:
-        await served(other, small, 1)
+        await served(node, other, small, 1)
     finally:
         await other.close()
     assert node.metric("rejected_total", reason="idle_timeout") == before + 1

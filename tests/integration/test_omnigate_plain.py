@@ -12,7 +12,7 @@ from ron.proto.envelope import RonError
 from ron.proto.oap import STORAGE_CHUNK, AppId, Flags, Frame, encode_frame
 from ron.sdk.oap import OapClient
 from support.node import RunningNode, run_node
-from support.oap import RawOap, body, fresh_tenant, get_frame
+from support.oap import RawOap, body, fresh_tenant, get_frame, use_cap
 
 REQ, RESP, START, END = Flags.REQ, Flags.RESP, Flags.START, Flags.END
 TILE = os.urandom(100_000)
@@ -35,8 +35,13 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode]:
 [omnigate]
 tls = false
 tiles_root = "{tmp / "tiles-root"}"
+
+# The reference vectors are sent byte for byte, and they carry no capability.
+[caps]
+enforce = false
 """
     with run_node(tmp, config=config) as n:
+        use_cap(n.token)
         yield n
 
 
@@ -50,7 +55,7 @@ def test_plain_tcp_is_announced_and_no_certificates_are_made(node: RunningNode) 
 
 
 async def test_hello_over_plain_tcp(node: RunningNode) -> None:
-    async with await OapClient.connect(node.urls["oap"]) as client:
+    async with await OapClient.connect(node.urls["oap"], cap=node.token) as client:
         info = await client.hello()
     assert info["transports"] == ["tcp"]
     assert info["max_frame"] == 1048576
@@ -90,7 +95,7 @@ async def test_bad_tile_paths_are_refused(node: RunningNode, path: str, status: 
 
 
 async def test_sdk_request_by_path(node: RunningNode) -> None:
-    async with await OapClient.connect(node.urls["oap"]) as client:
+    async with await OapClient.connect(node.urls["oap"], cap=node.token) as client:
         data = await client.request(AppId.STORAGE, {"op": "get", "path": "tiles/12/654/1583.webp"})
         assert data == TILE
         with pytest.raises(RonError) as err:

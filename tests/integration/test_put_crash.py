@@ -33,7 +33,7 @@ def _visible_bundles(data_dir: Path, hex_digest: str) -> list[Path]:
 def _retry_put(node: RunningNode, body: bytes) -> httpx.Response:
     def attempt() -> httpx.Response | None:
         try:
-            r = httpx.post(f"{node.http}/put", content=body, timeout=30)
+            r = httpx.post(f"{node.http}/put", content=body, timeout=30, headers=node.auth)
         except httpx.HTTPError:
             return None
         return r if r.status_code == 201 else None
@@ -56,7 +56,7 @@ def test_sigkill_during_put_leaves_nothing_half_written(node: RunningNode, victi
             yield body[i * CHUNK : (i + 1) * CHUNK]
 
     try:
-        reply = httpx.post(f"{node.http}/put", content=slow_body(), timeout=30)
+        reply = httpx.post(f"{node.http}/put", content=slow_body(), timeout=30, headers=node.auth)
         status = reply.status_code
     except httpx.HTTPError:
         status = None  # the connection died with the gateway

@@ -27,14 +27,15 @@ SCRIPT = ROOT / "examples" / "mailbox_chat" / "chat.py"
 class Terminal:
     """A chat client process with its stdout read line by line on a thread."""
 
-    def __init__(self, me: str, peer: str, keys: Path, node: str) -> None:
+    def __init__(self, me: str, peer: str, keys: Path, node: str, data_dir: Path) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, str(SCRIPT), "--me", me, "--peer", peer, "--keys", str(keys)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, "RON_NODE_URL": node},
+            # As a user next to the node: the SDK finds its owner token by itself.
+            env={**os.environ, "RON_NODE_URL": node, "RON_DATA_DIR": str(data_dir)},
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
@@ -94,11 +95,11 @@ def test_two_chat_clients_talk_and_the_node_stores_only_ciphertext(
     keys = tmp_path / "keys"
     secret_a = f"the vault code is {secrets.token_hex(8)}"
     secret_b = f"noted, meet at pier {secrets.token_hex(8)}"
-    alice = Terminal("alice", "bob", keys, node.http)
+    alice = Terminal("alice", "bob", keys, node.http, node.data_dir)
     bob = None
     try:
         alice.expect("* waiting for")  # bob has no key yet
-        bob = Terminal("bob", "alice", keys, node.http)
+        bob = Terminal("bob", "alice", keys, node.http, node.data_dir)
         alice.expect("* ready")
         bob.expect("* ready")
         alice.type(secret_a)
@@ -119,7 +120,7 @@ def test_two_chat_clients_talk_and_the_node_stores_only_ciphertext(
     # Every message was acked (nothing left queued), and what the node's database (main
     # file and WAL) ever held of them is ciphertext: the sealed payloads name alice's
     # key in their header, but no plaintext is there.
-    with Client(node.http) as c:
+    with Client(node.http, cap=node.token) as c:
         assert c.stats("chat.alice").depth == 0 and c.stats("chat.bob").depth == 0
         # A control message stored in the clear shows the scan does see payloads.
         control = f"control-plaintext-{secrets.token_hex(8)}"

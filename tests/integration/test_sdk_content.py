@@ -70,7 +70,7 @@ def flavor(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def client(flavor: str, node: RunningNode) -> Iterator[Any]:
-    with make_client(flavor, node.http) as c:
+    with make_client(flavor, node.http, cap=node.token) as c:
         yield c
 
 
@@ -210,7 +210,7 @@ def test_the_sdk_verifies_bytes_a_middlebox_corrupted(
     addr = client.put(data)
     with (
         tcp_proxy(node.http, default="flip", flip_offset=50_000) as proxy,
-        make_client(flavor, proxy.url) as via_proxy,
+        make_client(flavor, proxy.url, cap=node.token) as via_proxy,
     ):
         with pytest.raises(IntegrityError) as info:
             via_proxy.get(addr)
@@ -230,7 +230,7 @@ def test_a_download_cut_midway_resumes_with_a_range(
     events: list[RetryEvent] = []
     with (
         tcp_proxy(node.http, cut_after=250_000) as proxy,
-        make_client(flavor, proxy.url, on_retry=events.append) as via_proxy,
+        make_client(flavor, proxy.url, cap=node.token, on_retry=events.append) as via_proxy,
     ):
         proxy.plan.extend(["cut_body"])
         assert via_proxy.get(addr, corr_id=f"sdk-resume-{flavor}") == data
@@ -259,7 +259,7 @@ def test_put_succeeds_under_429_after_waiting_retry_after(node: RunningNode, fla
     events: list[RetryEvent] = []
     corr = f"q-put-{flavor}"
     body = b"put under pressure " + flavor.encode()
-    with make_client(flavor, node.http, api_key=TINY_KEY, on_retry=events.append) as c:
+    with make_client(flavor, node.http, cap=node.mint("tiny"), on_retry=events.append) as c:
         drain_tiny_bucket(node)
         before = node.metric("quota_exhaustions_total", route="/put")
         started = time.monotonic()
@@ -281,7 +281,7 @@ def test_put_succeeds_under_429_after_waiting_retry_after(node: RunningNode, fla
 
 def test_a_one_shot_stream_is_not_retried_under_429(node: RunningNode, flavor: str) -> None:
     events: list[RetryEvent] = []
-    with make_client(flavor, node.http, api_key=TINY_KEY, on_retry=events.append) as c:
+    with make_client(flavor, node.http, cap=node.mint("tiny"), on_retry=events.append) as c:
         drain_tiny_bucket(node)
         with pytest.raises(QuotaExhausted) as info:
             c.put(iter([b"one shot"]))
@@ -290,7 +290,7 @@ def test_a_one_shot_stream_is_not_retried_under_429(node: RunningNode, flavor: s
 
 
 def test_no_retries_policy_raises_at_once(node: RunningNode, flavor: str) -> None:
-    with make_client(flavor, node.http, api_key=TINY_KEY, retry=RetryPolicy.never()) as c:
+    with make_client(flavor, node.http, cap=node.mint("tiny"), retry=RetryPolicy.never()) as c:
         drain_tiny_bucket(node)
         with pytest.raises(QuotaExhausted):
             c.put(b"x")

@@ -49,7 +49,7 @@ def flavor(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def client(flavor: str, node: RunningNode) -> Iterator[Any]:
-    with make_client(flavor, node.http) as c:
+    with make_client(flavor, node.http, cap=node.token) as c:
         yield c
 
 
@@ -171,10 +171,12 @@ def test_send_succeeds_under_429_after_waiting_retry_after(node: RunningNode, fl
     topic = f"quota-{flavor}"
     corr = f"q-send-{flavor}"
     events: list[RetryEvent] = []
-    with make_client(flavor, node.http, api_key=TINY_KEY, on_retry=events.append) as c:
+    tiny = node.mint("tiny")  # the tenant named in the config: its tiny quota applies
+    with make_client(flavor, node.http, cap=tiny, on_retry=events.append) as c:
         drain = f"{node.http}/v1/mailbox/{topic}/stats"
+        auth = {"Authorization": f"Bearer {tiny}"}
         wait_until_sync(
-            lambda: httpx.get(drain, headers={"X-Api-Key": TINY_KEY}).status_code == 429,
+            lambda: httpx.get(drain, headers=auth).status_code == 429,
             10,
             "the tiny bucket to be empty",
         )
@@ -188,7 +190,7 @@ def test_send_succeeds_under_429_after_waiting_retry_after(node: RunningNode, fl
     assert elapsed >= sum(e.error.retry_after or 0 for e in events)
     lines = request_lines(node, corr, len(events) + 1)
     assert [line["status"] for line in lines] == [429] * len(events) + [201]
-    with make_client(flavor, node.http) as plain:
+    with make_client(flavor, node.http, cap=node.token) as plain:
         [msg] = plain.receive(topic, max=10)
     assert msg.msg_id == sent.msg_id and msg.payload == b"under pressure"
 
@@ -199,7 +201,7 @@ def test_a_send_whose_response_was_lost_is_stored_once(node: RunningNode, flavor
     events: list[RetryEvent] = []
     with (
         tcp_proxy(node.http) as proxy,
-        make_client(flavor, proxy.url, on_retry=events.append) as c,
+        make_client(flavor, proxy.url, cap=node.token, on_retry=events.append) as c,
     ):
         proxy.plan.append("drop_response")
         sent = c.send(topic, b"exactly once", corr_id=corr)
@@ -208,7 +210,7 @@ def test_a_send_whose_response_was_lost_is_stored_once(node: RunningNode, flavor
     assert sent.duplicate  # the retry found the first attempt's message by its key
     lines = request_lines(node, corr, 2)
     assert [line["status"] for line in lines] == [201, 201]  # both reached the node
-    with make_client(flavor, node.http) as plain:
+    with make_client(flavor, node.http, cap=node.token) as plain:
         got = plain.receive(topic, max=10)
         assert [m.msg_id for m in got] == [sent.msg_id]
         assert plain.stats(topic).depth == 0
@@ -219,7 +221,7 @@ def test_a_sync_subscription_closed_from_another_thread_ends_quietly(node: Runni
 
     from ron.sdk import Client
 
-    with Client(node.http) as c:
+    with Client(node.http, cap=node.token) as c:
         sub = c.subscribe("idle-topic")
         got: list[object] = []
         errors: list[BaseException] = []
@@ -243,11 +245,11 @@ def test_a_subscription_reconnects_after_its_connection_drops(
 ) -> None:
     topic = f"resub-{flavor}"
     events: list[RetryEvent] = []
-    with make_client(flavor, node.http) as direct:
+    with make_client(flavor, node.http, cap=node.token) as direct:
         direct.send(topic, b"still delivered")
     with (
         tcp_proxy(node.http) as proxy,
-        make_client(flavor, proxy.url, on_retry=events.append) as c,
+        make_client(flavor, proxy.url, cap=node.token, on_retry=events.append) as c,
     ):
         proxy.plan.append("drop_response")  # the first stream dies as it starts
         # The lost stream had leased the message: it comes back when that lease expires.

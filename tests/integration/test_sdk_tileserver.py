@@ -8,6 +8,7 @@ the reason; it never skips.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -53,6 +54,7 @@ def test_tileserver_page_pans_and_zooms_in_headless_chromium(
         [sys.executable, str(SCRIPT), "--node", node.http, "--json"],
         capture_output=True,
         text=True,
+        env={**os.environ, "RON_DATA_DIR": str(node.data_dir)},  # finds the owner token
         timeout=120,
         check=False,
     )

@@ -14,7 +14,7 @@ def test_single_process_node_serves_put_and_get_and_stops_cleanly(tmp_path: Path
         status = node.status()
         assert status["node"]["single_process"] is True
         assert all(s["pid"] is None for s in status["services"])
-        put = httpx.post(f"{node.http}/put", content=b"one process")
+        put = httpx.post(f"{node.http}/put", content=b"one process", headers=node.auth)
         assert put.status_code == 201
         got = httpx.get(f"{node.http}/o/{put.json()['address']}")
         assert got.status_code == 200 and got.content == b"one process"

@@ -48,6 +48,14 @@ class RunningNode:
         token = self.token
         return {"Authorization": f"Bearer {token}"} if token else {}
 
+    def mint(self, tenant: str, **caveats: Any) -> str:
+        """A token for ``tenant`` minted offline against this node's data dir, as
+        ``ron cap mint`` does (the node picks up its keyring without a restart)."""
+        from ron.auth import Authority, token_caveats
+
+        authority = Authority(self.data_dir, overlap_s=7 * 86400, actor="test")
+        return authority.mint(token_caveats(tenant=tenant, **caveats)).serialize()
+
     def status(self) -> dict[str, Any]:
         data: dict[str, Any] = httpx.get(f"{self.admin}/v1/status", timeout=10).json()
         return data
@@ -99,6 +107,7 @@ def run_node(
     config: str | None = None,
     env: dict[str, str] | None = None,
     extra_args: list[str] | None = None,
+    cwd: Path | None = None,
 ) -> Iterator[RunningNode]:
     """``ron up`` on port 0 in ``tmp``; yields once the node printed ``ready``."""
     data_dir = tmp / "data"
@@ -118,7 +127,7 @@ def run_node(
     }
     with open(log_file, "w") as log:
         proc = subprocess.Popen(
-            args, cwd=tmp, stdout=subprocess.PIPE, stderr=log, text=True, env=full_env
+            args, cwd=cwd or tmp, stdout=subprocess.PIPE, stderr=log, text=True, env=full_env
         )
     try:
         assert proc.stdout is not None

@@ -18,11 +18,30 @@ from ron.proto.oap import AppId, Flags, Frame, FrameDecoder, encode_frame
 from ron.sdk.oap import client_context, parse_url
 
 _tenants = itertools.count(10_000)
+_default_cap: list[bytes] = [b""]
+
+
+def use_cap(token: str | None) -> None:
+    """The capability :func:`get_frame` puts on START frames unless given one: the
+    owner token of the node a test module talks to (the node refuses START without)."""
+    _default_cap[0] = (token or "").encode("ascii")
 
 
 def fresh_tenant() -> int:
     """A tenant id no other request of this test run used: its own token bucket."""
     return next(_tenants)
+
+
+_caps: dict[tuple[str, int], bytes] = {}
+
+
+def tenant_cap(node: Any, tenant: int) -> bytes:
+    """A capability of tenant ``t<tenant>`` on ``node`` (a RunningNode): with tokens, the
+    token's tenant picks the quota bucket, so a fresh tenant needs a token of its own."""
+    key = (str(node.data_dir), tenant)
+    if key not in _caps:
+        _caps[key] = node.mint(f"t{tenant}").encode("ascii")
+    return _caps[key]
 
 
 def ca_file(data_dir: Path) -> Path:
@@ -36,17 +55,26 @@ def get_frame(
     path: str | None = None,
     tenant_id: int = 0,
     flags: Flags = Flags.REQ | Flags.START | Flags.END,
+    cap: bytes | None = None,
 ) -> bytes:
-    """A storage GET request frame (one-shot by default)."""
+    """A storage GET request frame (one-shot by default), with :func:`use_cap`'s token
+    on START frames unless ``cap`` is given."""
     body: dict[str, Any] = {"op": "get"}
     if addr is not None:
         body["addr"] = addr
     if path is not None:
         body["path"] = path
     payload = json.dumps(body).encode()
+    if cap is None:
+        cap = _default_cap[0] if flags & Flags.START else b""
     return encode_frame(
         Frame(
-            flags, app_proto_id=AppId.STORAGE, tenant_id=tenant_id, corr_id=corr_id, payload=payload
+            flags,
+            app_proto_id=AppId.STORAGE,
+            tenant_id=tenant_id,
+            corr_id=corr_id,
+            cap=cap,
+            payload=payload,
         )
     )
 

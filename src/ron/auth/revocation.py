@@ -29,7 +29,7 @@ from typing import Any
 from ron.auth.files import StatSignature, locked, stat_signature, write_secret
 from ron.proto.envelope import ErrorCode, RonError
 
-__all__ = ["RevocationEntry", "RevocationList"]
+__all__ = ["RevocationEntry", "RevocationList", "parse_since", "revocations_reply"]
 
 FORMAT = "ron-revocations/1"
 _TOKEN_ID = re.compile(r"[0-9a-f]{32}", re.ASCII)
@@ -157,3 +157,24 @@ def _uint(value: object) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
     return None
+
+
+# --- the revocation feed (GET /v1/caps/revocations, on the gateway and the admin API)
+
+MAX_SINCE_DIGITS = 19
+
+
+def parse_since(value: str | None) -> int:
+    """``since`` as a non-negative integer (absent: 0); anything else is 400."""
+    if value is None:
+        return 0
+    if not value.isdigit() or not value.isascii() or len(value) > MAX_SINCE_DIGITS:
+        raise RonError(ErrorCode.BAD_REQUEST, "since must be a non-negative integer")
+    return int(value)
+
+
+def revocations_reply(seq: int, entries: list[RevocationEntry]) -> dict[str, object]:
+    """The feed's JSON; ``seq`` never claims less than the entries it carries (a revoke
+    may land between reading the sequence and reading the entries)."""
+    top = max([seq, *(e.seq for e in entries)])
+    return {"seq": top, "entries": [e.to_json() for e in entries]}

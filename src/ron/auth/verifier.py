@@ -84,11 +84,14 @@ class Grant:
         addr: str | None = None,
         topic: str | None = None,
         nbytes: int | None = None,
+        defer_topic: bool = False,
     ) -> None:
         """Raise ``RonError(FORBIDDEN)`` unless every caveat allows this request.
 
         A caveat about something the request does not have (``topic`` on a request
         without a topic, ``addr`` on one without an address) does not allow it.
+        ``defer_topic``: the request's topic is only known to the mailbox (an ack names
+        receipts, not topics); the caller hands :attr:`topic_patterns` to it instead.
         """
         for c in self.caveats:
             if c.key == "methods":
@@ -101,10 +104,18 @@ class Grant:
                 if addr is None or not _same_addr(c.value, addr):
                     raise _forbidden("the token is for another address")
             elif c.key == "topic":
+                if defer_topic:
+                    continue
                 if topic is None or not topic_allowed(c.value, topic):
                     raise _forbidden("the token is for another topic")
             elif c.key == "max_bytes" and nbytes is not None and nbytes > c.int_value:
                 raise _forbidden(f"the request is larger than the token's {c.value} bytes")
+
+    @property
+    def topic_patterns(self) -> tuple[str, ...] | None:
+        """The token's ``topic`` caveats (all must match), or None when it has none."""
+        patterns = tuple(c.value for c in self.caveats if c.key == "topic")
+        return patterns or None
 
     def allows(
         self,

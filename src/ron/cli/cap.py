@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ron.cli.main import DataDir, app, fail
+from ron.cli.main import AdminOpt, DataDir, app, fail
 
 if TYPE_CHECKING:
     from ron.auth import Authority, Token
@@ -93,6 +93,40 @@ def _read_token(text: str) -> Token:
         raise
 
 
+def _admin_call(admin: str, route: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST to a running node's admin API with the owner token.
+
+    The token is ``RON_CAP``, else the owner token in the data dir the node reports in
+    ``/v1/status``: reading that 0600 file is the proof of ownership (for an amnesia
+    node the file is in its memory-backed directory, and this is the only way in).
+    """
+    import httpx
+
+    from ron.auth.owner import read_owner_token
+
+    url = admin if admin.startswith("http") else f"http://{admin}"
+    try:
+        token = os.environ.get("RON_CAP")
+        if not token:
+            status = httpx.get(f"{url}/v1/status", timeout=10).json()
+            token = read_owner_token(Path(status["node"]["data_dir"]))
+        if not token:
+            fail("no owner token readable for that node; set RON_CAP")
+        reply = httpx.post(
+            f"{url}{route}",
+            json=body,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+    except httpx.HTTPError as exc:
+        fail(f"node at {url} is not answering: {exc}")
+        raise
+    data: dict[str, Any] = reply.json()
+    if reply.status_code >= 400:
+        fail(f"{data.get('code')}: {data.get('message')}")
+    return data
+
+
 def _run(action: Any) -> Any:
     """Run ``action()``; a RonError becomes a one-line message and exit status 1."""
     from ron.proto.envelope import RonError
@@ -124,11 +158,26 @@ def mint(
     ] = None,
     ttl: Annotated[str, typer.Option("--ttl", help="Lifetime: 90s, 15m, 1h, 7d, 2w")] = "1h",
     data_dir: DataDir = None,
+    admin: AdminOpt = None,
 ) -> None:
     """Mint a token under the current root key; the token is the last line of stdout."""
     from ron.auth import token_caveats
 
     lifetime = parse_duration(ttl)
+    if admin:
+        fields: dict[str, Any] = {"methods": [m for m in (methods or "").split(",") if m.strip()]}
+        optional = {"path": path, "addr": addr, "topic": topic, "aud": aud}
+        fields.update({k: v for k, v in optional.items() if v is not None})
+        minted = _admin_call(
+            admin,
+            "/v1/caps/mint",
+            {"tenant": tenant, "ttl_s": lifetime, "max_bytes": max_bytes, **fields},
+        )
+        typer.echo(f"token_id: {minted['token_id']}")
+        typer.echo(f"key_id: {minted['key_id']}")
+        typer.echo(f"expires: {_iso(minted['expires'])}")
+        typer.echo(minted["token"])
+        return
     authority = _authority(data_dir)
     now = time.time()
     audience = _run(authority.identity).node_id if aud == "self" else aud
@@ -251,8 +300,15 @@ def attenuate(
 
 
 @cap_app.command()
-def rotate(data_dir: DataDir = None) -> None:
+def rotate(data_dir: DataDir = None, admin: AdminOpt = None) -> None:
     """Make a new root key; tokens of the previous one work for the overlap, then fail."""
+    if admin:
+        done = _admin_call(admin, "/v1/caps/rotate", {})
+        typer.echo(f"current key: {done['key_id']}")
+        if done["retired"] is not None:
+            until = done["retired_valid_until"] or 0
+            typer.echo(f"retired key: {done['retired']} (its tokens verify until {_iso(until)})")
+        return
     authority = _authority(data_dir)
     key, retired = _run(authority.rotate)
     typer.echo(f"current key: {key.key_id}")
@@ -267,11 +323,17 @@ def revoke(
         str, typer.Argument(help="Token id (32 hex, from `ron cap inspect`) or the token itself")
     ],
     data_dir: DataDir = None,
+    admin: AdminOpt = None,
 ) -> None:
     """Revoke a token (and every attenuation of it); applies to a running node at once."""
     tid = token_id.strip().lower()
     if not re.fullmatch(r"[0-9a-f]{32}", tid):
         tid = _read_token(token_id.strip()).token_id_hex
+    if admin:
+        done = _admin_call(admin, "/v1/caps/revoke", {"token_id": tid})
+        state = "revoked" if done["new"] else "already revoked"
+        typer.echo(f"{state} {done['token_id']} (revocation seq {done['seq']})")
+        return
     authority = _authority(data_dir)
     entry, new = _run(lambda: authority.revoke(tid))
     state = "revoked" if new else "already revoked"

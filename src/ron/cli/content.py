@@ -43,6 +43,18 @@ def node_url(node: str | None, data_dir: Path | None = None) -> str:
     return f"http://{config.http}"
 
 
+def node_auth(url: str, data_dir: Path | None = None) -> dict[str, str]:
+    """The Authorization header for ``url``: ``RON_CAP``, else the local node's owner
+    token when ``url`` is that node's own address (never sent to another node)."""
+    from ron.localnode import owner_token_for
+
+    token = os.environ.get("RON_CAP")
+    if not token:
+        config, _ = env_config(data_dir)
+        token = owner_token_for(url, config.data_dir)
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def _envelope_message(reply: httpx.Response) -> str:
     try:
         body = reply.json()
@@ -89,7 +101,11 @@ def put(
             f"{url}/put",
             params=params,
             content=_file_chunks(file, progress),
-            headers={"Content-Type": content_type, "Content-Length": str(size)},
+            headers={
+                "Content-Type": content_type,
+                "Content-Length": str(size),
+                **node_auth(url, data_dir),
+            },
             timeout=httpx.Timeout(30, read=600),
         )
     except httpx.HTTPError as exc:

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from ron.cli.content import NodeOpt, node_url
+from ron.cli.content import NodeOpt, node_auth, node_url
 from ron.cli.main import DataDir, app, fail
 
 mailbox_app = typer.Typer(
@@ -39,7 +39,8 @@ def _error(reply: httpx.Response) -> str:
         return f"HTTP {reply.status_code}"
 
 
-def _call(method: str, url: str, **kwargs: Any) -> Any:
+def _call(method: str, url: str, auth: dict[str, str], **kwargs: Any) -> Any:
+    kwargs["headers"] = {**kwargs.get("headers", {}), **auth}
     try:
         reply = httpx.request(method, url, **kwargs)
     except httpx.HTTPError as exc:
@@ -90,9 +91,11 @@ def send(
     if key is not None:
         headers["Idempotency-Key"] = key
     url = node_url(node, data_dir)
+    auth = node_auth(url, data_dir)
     reply = _call(
         "POST",
         f"{url}/v1/mailbox/{topic}/messages",
+        auth,
         content=payload,
         headers=headers,
         timeout=30,
@@ -117,10 +120,11 @@ def recv(
 ) -> None:
     """Lease messages and print them (one JSON object per line); exit 1 if none came."""
     url = node_url(node, data_dir)
+    auth = node_auth(url, data_dir)
     body: dict[str, Any] = {"max": max_messages, "wait_s": wait}
     if visibility is not None:
         body["visibility_s"] = visibility
-    reply = _call("POST", f"{url}/v1/mailbox/{topic}/receive", json=body, timeout=wait + 30)
+    reply = _call("POST", f"{url}/v1/mailbox/{topic}/receive", auth, json=body, timeout=wait + 30)
     messages = reply["messages"]
     for m in messages:
         if raw:
@@ -132,6 +136,7 @@ def recv(
         _call(
             "POST",
             f"{url}/v1/mailbox/ack",
+            auth,
             json={"receipts": [m["receipt"] for m in messages]},
             timeout=30,
         )
@@ -147,7 +152,8 @@ def ack(
 ) -> None:
     """Acknowledge (remove) leased messages; a stale receipt fails with 409."""
     url = node_url(node, data_dir)
-    reply = _call("POST", f"{url}/v1/mailbox/ack", json={"receipts": receipts}, timeout=30)
+    auth = node_auth(url, data_dir)
+    reply = _call("POST", f"{url}/v1/mailbox/ack", auth, json={"receipts": receipts}, timeout=30)
     typer.echo(
         f"acked {reply['acked']}" + (f", {reply['gone']} already gone" * bool(reply["gone"]))
     )
@@ -175,6 +181,7 @@ def tail(
 ) -> None:
     """Follow a topic (Server-Sent Events): print messages as they arrive."""
     url = node_url(node, data_dir)
+    auth = node_auth(url, data_dir)
     params: dict[str, Any] = {}
     if visibility is not None:
         params["visibility_s"] = visibility
@@ -184,7 +191,7 @@ def tail(
     timeout = httpx.Timeout(30, read=None)
     try:
         with (
-            httpx.Client(timeout=timeout) as client,
+            httpx.Client(timeout=timeout, headers=auth) as client,
             client.stream("GET", f"{url}/v1/mailbox/{topic}/subscribe", params=params) as stream,
         ):
             if stream.status_code >= 400:
@@ -242,7 +249,8 @@ def stats(
 ) -> None:
     """Show a topic's depth, in-flight, delayed and dead-letter counts."""
     url = node_url(node, data_dir)
-    data = _call("GET", f"{url}/v1/mailbox/{topic}/stats", timeout=30)
+    auth = node_auth(url, data_dir)
+    data = _call("GET", f"{url}/v1/mailbox/{topic}/stats", auth, timeout=30)
     if json_out:
         typer.echo(json.dumps(data, indent=2))
         return

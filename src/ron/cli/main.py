@@ -85,6 +85,13 @@ def up(
         bool | None,
         typer.Option("--single-process/--multi-process", help="Run every service in one process"),
     ] = None,
+    amnesia: Annotated[
+        bool | None,
+        typer.Option(
+            "--amnesia",
+            help="Keep everything in RAM (content, keys, logs); wiped on exit, nothing on disk",
+        ),
+    ] = None,
 ) -> None:
     """Start a node and run it until Ctrl-C or SIGTERM."""
     from ron.kernel.node import run_node
@@ -92,7 +99,13 @@ def up(
     from ron.services.registry import specs_for
 
     cfg, source = env_config(
-        data_dir, config, admin=admin, http=http, oap=oap, single_process=single_process
+        data_dir,
+        config,
+        admin=admin,
+        http=http,
+        oap=oap,
+        single_process=single_process,
+        amnesia=amnesia,
     )
     try:
         specs = specs_for(cfg)

@@ -33,6 +33,9 @@ class AdminBackend(Protocol):
     def status(self) -> dict[str, Any]: ...
     async def restart_service(self, name: str) -> bool: ...
     async def reload_config(self) -> tuple[bool, str]: ...
+    def admin_routes(self) -> list[Route]:
+        """Further routes the node adds (capability administration)."""
+        ...
 
 
 def _error(request: Request, code: ErrorCode, message: str, status: int) -> JSONResponse:
@@ -87,6 +90,7 @@ def build_admin_app(backend: AdminBackend) -> Starlette:
         Route("/v1/status", status, methods=["GET"]),
         Route("/v1/services/{name}/restart", restart, methods=["POST"]),
         Route("/v1/config/reload", reload, methods=["POST"]),
+        *backend.admin_routes(),
     ]
     return Starlette(routes=routes)
 

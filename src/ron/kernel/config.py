@@ -274,9 +274,14 @@ class CapsConfig:
     ``rotation_overlap_s`` is how long tokens minted under a rotated-out root key keep
     working after ``ron cap rotate``; it is read at verification time, so lowering it
     (even to 0) and reloading cuts off a compromised key's tokens without a restart.
+
+    ``enforce`` makes writes, mailbox operations and OAP requests need a valid token
+    (401 without one). Turned off, they are served as the anonymous tenant: only for a
+    node nobody else can reach.
     """
 
     rotation_overlap_s: float = 7 * 86400.0
+    enforce: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.rotation_overlap_s <= CAPS_MAX_OVERLAP_S:
@@ -293,6 +298,7 @@ class Config:
     http: str = "127.0.0.1:8080"
     oap: str = "127.0.0.1:9443"
     single_process: bool = False
+    amnesia: bool = False
     log_level: str = "info"
     services: tuple[str, ...] = DEFAULT_SERVICES
     kernel: KernelConfig = field(default_factory=KernelConfig)

@@ -19,13 +19,18 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TextIO
 
 from ron import __version__
+from ron.auth import audit
+from ron.auth.audit import AuditLog
+from ron.auth.files import AuthPaths
+from ron.auth.owner import ensure_owner_token
 from ron.ipc import CallContext, IpcServer
+from ron.kernel import amnesia
 from ron.kernel.admin import EmbeddedServer, build_admin_app, make_server
 from ron.kernel.bus import Bus
 from ron.kernel.config import Config, ConfigError, load_config, parse_hostport
@@ -36,6 +41,7 @@ from ron.kernel.link import KERNEL_SOCKET
 from ron.kernel.metrics import Metrics, merge_expositions
 from ron.kernel.spec import ServiceSpec
 from ron.kernel.supervisor import Supervisor
+from ron.proto.envelope import RonError
 
 log = logging.getLogger("ron.kernel")
 
@@ -104,7 +110,17 @@ class Node:
         *,
         source: ConfigSource | None = None,
     ) -> None:
+        self.ram_dir: Path | None = None
+        if config.amnesia:
+            # Everything the node writes lives in RAM; children inherit TMPDIR, so even
+            # their temp files do.
+            self.ram_dir = amnesia.make_ram_dir()
+            (self.ram_dir / "tmp").mkdir(mode=0o700)
+            os.environ["TMPDIR"] = str(self.ram_dir / "tmp")
+            tempfile.tempdir = None
+            config = replace(config, data_dir=self.ram_dir / "data", index_db=None)
         self.config = config
+        self.node_id: str | None = None
         self.config_version = 1
         self.source = source or ConfigSource()
         self.metrics = Metrics()
@@ -124,6 +140,10 @@ class Node:
         )
         self._config_version = self.metrics.gauge("config_version", "Config snapshot in force.")
         self._config_version.set(self.config_version)
+        self.metrics.gauge("amnesia_mode", "1 when nothing this node keeps touches disk.").set(
+            1 if config.amnesia else 0
+        )
+        self._audit = AuditLog(AuthPaths(config.data_dir).audit_log, actor="kernel")
         self.host: Supervisor | InProcessHost
         self.run_dir = self._choose_run_dir()
 
@@ -133,6 +153,14 @@ class Node:
         data_dir = self.config.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         self._lock_data_dir()
+        try:
+            self.node_id, minted = ensure_owner_token(
+                data_dir, overlap_s=self.config.caps.rotation_overlap_s
+            )
+        except RonError as exc:
+            raise RuntimeError(f"capability state unusable: {exc.message}") from None
+        if minted:
+            log.info("owner token written", extra={"path": str(AuthPaths(data_dir).owner_token)})
         self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         for name in dict.fromkeys(n for s in self.specs for n in s.listeners):
             self.listeners[name] = bind_tcp(getattr(self.config, name))
@@ -202,6 +230,8 @@ class Node:
             (self.config.data_dir / NODE_FILE).unlink()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
+        if self.ram_dir is not None:
+            amnesia.wipe(self.ram_dir)
         self._stopped.set()
         log.info("stopped")
 
@@ -237,6 +267,11 @@ class Node:
         parts += await self.host.scrape()
         return merge_expositions(parts)
 
+    def admin_routes(self) -> list[Any]:
+        from ron.kernel.admin_caps import caps_routes
+
+        return caps_routes(self.config.data_dir, lambda: self.config.caps, lambda: self.node_id)
+
     def status(self) -> dict[str, Any]:
         return {
             "node": {
@@ -244,6 +279,8 @@ class Node:
                 "version": __version__,
                 "config_version": self.config_version,
                 "single_process": self.config.single_process,
+                "amnesia": self.config.amnesia,
+                "node_id": self.node_id,
                 "data_dir": str(self.config.data_dir),
                 "urls": self.urls,
                 "ready": self.health.ready(),
@@ -265,18 +302,35 @@ class Node:
         except ConfigError as exc:
             self._reload_failures.inc()
             log.error("config reload rejected; previous config stays", extra={"err": str(exc)})
+            self._record(audit.CONFIG_RELOAD, {"ok": False, "error": str(exc)[:512]})
             return False, str(exc)
         if new.data_dir != self.config.data_dir or new.admin != self.config.admin:
             log.warning("data_dir and admin changes take effect on restart only")
+        # Where the node keeps its files is fixed for its lifetime (and an amnesia
+        # node's must never fall back to the configured, on-disk one).
+        new = replace(
+            new,
+            data_dir=self.config.data_dir,
+            index_db=self.config.index_db,
+            amnesia=self.config.amnesia,
+        )
         self.config = new
         self.config_version += 1
         self._config_version.set(self.config_version)
+        self._record(audit.CONFIG_RELOAD, {"ok": True, "version": self.config_version})
         await self.host.apply_config(new, self.config_version)
         self.bus.publish(KernelEvent.ConfigUpdated(self.config_version))
         log.info("config reloaded", extra={"version": self.config_version})
         return True, f"version {self.config_version}"
 
     # --- internals ----------------------------------------------------------------
+
+    def _record(self, event: str, data: dict[str, Any]) -> None:
+        """An audit record; a failure to write one is logged, never fatal to the node."""
+        try:
+            self._audit.append(event, data)
+        except (OSError, RonError) as exc:
+            log.error("audit record not written", extra={"event": event, "err": str(exc)})
 
     def _choose_run_dir(self) -> Path:
         candidate = (self.config.data_dir / "run").absolute()

@@ -93,7 +93,8 @@ class ClientConfig:
     """Where the node is and how to talk to it.
 
     ``api_key`` is sent as ``X-Api-Key`` (it selects the quota tenant); ``cap`` is a
-    capability token sent as ``Authorization: Bearer`` once the node checks them.
+    capability token sent as ``Authorization: Bearer`` (writes and mailbox operations
+    need one).
     Neither is ever logged or included in an exception.
     """
 
@@ -103,10 +104,18 @@ class ClientConfig:
     timeout_s: float = 30.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
+    local_owner: bool = True
+    """With no ``cap``: present the owner token of the local node when ``base_url`` is
+    that node's own URL (see :mod:`ron.localnode`); never for any other node."""
+
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
             raise InvalidArgument(f"node URL must be http:// or https://, got {self.base_url!r}")
         object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
+        if self.cap is None and self.local_owner:
+            from ron.localnode import owner_token_for
+
+            object.__setattr__(self, "cap", owner_token_for(self.base_url))
         if self.timeout_s <= 0:
             raise InvalidArgument("timeout must be > 0")
 

@@ -95,7 +95,10 @@ class OapClient:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         limits: OapLimits | None = None,
+        cap: str | bytes | None = None,
     ) -> None:
+        self.cap = cap.encode("ascii") if isinstance(cap, str) else (cap or b"")
+        """The capability every request presents unless it passes its own."""
         self._reader = reader
         self._writer = writer
         self._conn = ClientConnection(limits)
@@ -115,8 +118,17 @@ class OapClient:
         timeout: float = 10.0,
         ssl_context: ssl.SSLContext | None = None,
         limits: OapLimits | None = None,
+        cap: str | bytes | None = None,
     ) -> OapClient:
-        """Connect (and for ``tls://``, handshake and check ALPN ``ron/1``)."""
+        """Connect (and for ``tls://``, handshake and check ALPN ``ron/1``).
+
+        ``cap`` is the capability token for this connection's requests; without one,
+        the local node's owner token when ``url`` is that node's (ron.localnode).
+        """
+        if cap is None:
+            from ron.localnode import owner_token_for
+
+            cap = owner_token_for(url)
         host, port, tls = parse_url(url)
         context = None
         if tls:
@@ -130,7 +142,7 @@ class OapClient:
             if ssl_object is None or ssl_object.selected_alpn_protocol() != ALPN:
                 writer.close()
                 raise _unavailable("the server did not negotiate ALPN ron/1")
-        return cls(reader, writer, limits)
+        return cls(reader, writer, limits, cap)
 
     async def __aenter__(self) -> OapClient:
         return self
@@ -204,7 +216,9 @@ class OapClient:
         """
         self._check()
         body = payload if isinstance(payload, bytes) else json.dumps(dict(payload)).encode()
-        corr_id, data = self._conn.start_request(app, body, tenant_id=tenant_id, cap=cap)
+        corr_id, data = self._conn.start_request(
+            app, body, tenant_id=tenant_id, cap=cap or self.cap
+        )
         queue: asyncio.Queue[_Part | RonError] = asyncio.Queue()
         self._replies[corr_id] = queue
         try:

@@ -133,7 +133,13 @@ class Admission:
     # --- the decision -------------------------------------------------------------------
 
     async def admit(
-        self, *, route: str, write: bool, api_key: str | None, client_host: str | None
+        self,
+        *,
+        route: str,
+        write: bool,
+        api_key: str | None,
+        client_host: str | None,
+        tenant_name: str | None = None,
     ) -> Admitted:
         n = self.inflight()
         if n > self.config.max_inflight:  # this request is already counted in n
@@ -144,11 +150,14 @@ class Admission:
             if reason is not None:
                 self.rejected.labels("degraded").inc()
                 raise Overloaded(f"writes are closed while degraded ({reason})")
-        try:
-            tenant = self.tenants.resolve(api_key, client_host)
-        except RonError:
-            self.rejected.labels("unknown_key").inc()
-            raise
+        if tenant_name is not None:
+            tenant = self.tenants.named(tenant_name)
+        else:
+            try:
+                tenant = self.tenants.resolve(api_key, client_host)
+            except RonError:
+                self.rejected.labels("unknown_key").inc()
+                raise
         if not self.quotas.enabled:
             return Admitted(tenant, None)
         try:

@@ -17,6 +17,8 @@ from pathlib import PurePosixPath
 from typing import Any, Protocol
 from urllib.parse import parse_qs
 
+from ron.auth.guard import Guard
+from ron.auth.verifier import Grant, bearer_token
 from ron.kernel.metrics import CONTENT_TYPE, Metrics, status_class
 from ron.proto.address import Address, parse_address
 from ron.proto.envelope import ErrorCode, RonError, sane_corr_id
@@ -99,6 +101,7 @@ class GatewayApp:
         ready: Callable[[], Awaitable[tuple[bool, dict[str, Any]]]],
         node_metrics: Callable[[], Awaitable[bytes]],
         admission: Admission,
+        guard: Guard,
         v1: ASGIApp | None = None,
         access_log: AccessLog | None = None,
     ) -> None:
@@ -111,6 +114,7 @@ class GatewayApp:
         self._node_metrics = node_metrics
         self._v1 = v1
         self.admission = admission
+        self.guard = guard
         self.access_log = access_log or AccessLog("gateway")
         self._children: dict[tuple[str, str, int], tuple[Any, Any, Any, Any]] = {}
 
@@ -124,7 +128,7 @@ class GatewayApp:
         method: str = scope["method"]
         path: str = scope["path"]
         corr = sane_corr_id(header(scope, b"x-corr-id"))
-        route, handler, limited, write = self._route(method, path)
+        route, handler, limited, write, needs_token = self._route(method, path)
         state = _Exchange()
         scope.setdefault("state", {})["exchange"] = state
         extra_headers: Headers = [(b"x-corr-id", corr.encode())]
@@ -145,11 +149,22 @@ class GatewayApp:
         try:
             if limited:
                 client = scope.get("client")
+                grant = self.guard.grant(
+                    bearer_token(header(scope, b"authorization")), required=needs_token
+                )
+                if grant is not None:
+                    state.tenant = grant.tenant
+                    scope["state"]["grant"] = grant
+                    if route == "/o/{addr}":
+                        self.guard.authorize(
+                            grant, method=method, path=path, addr=path[3:].partition("/")[0]
+                        )
                 admitted = await admission.admit(
                     route=route,
                     write=write,
                     api_key=header(scope, b"x-api-key"),
                     client_host=client[0] if client else None,
+                    tenant_name=grant.tenant if grant is not None else None,
                 )
                 state.tenant = admitted.tenant.id if admitted.tenant else None
                 scope["state"]["admitted"] = admitted
@@ -216,28 +231,27 @@ class GatewayApp:
 
     # --- routing ------------------------------------------------------------------------
 
-    def _route(self, method: str, path: str) -> tuple[str, _Handler, bool, bool]:
-        """(route template, handler, quota-limited, is a write)."""
+    def _route(self, method: str, path: str) -> tuple[str, _Handler, bool, bool, bool]:
+        """(route template, handler, quota-limited, is a write, needs a token)."""
         if path.startswith("/o/"):
             if method in ("GET", "HEAD"):
-                return "/o/{addr}", self.get_object, True, False
-            return "/o/{addr}", _method_not_allowed("GET, HEAD"), False, False
+                return "/o/{addr}", self.get_object, True, False, False
+            return "/o/{addr}", _method_not_allowed("GET, HEAD"), False, False, False
         if path == "/put":
             if method == "POST":
-                return "/put", self.put, True, True
-            return "/put", _method_not_allowed("POST"), False, False
+                return "/put", self.put, True, True, True
+            return "/put", _method_not_allowed("POST"), False, False, False
         if path.startswith("/v1/") and self._v1 is not None:
-            write = (
-                method == "POST" and path.startswith("/v1/mailbox/") and path.endswith("/messages")
-            )
-            return _v1_route(path), self.v1, True, write
+            mailbox = path.startswith("/v1/mailbox/")
+            write = method == "POST" and mailbox and path.endswith("/messages")
+            return _v1_route(path), self.v1, True, write, mailbox
         if path == "/healthz":
-            return "/healthz", self.healthz, False, False
+            return "/healthz", self.healthz, False, False, False
         if path == "/readyz":
-            return "/readyz", self.readyz, False, False
+            return "/readyz", self.readyz, False, False, False
         if path == "/metrics":
-            return "/metrics", self.metrics_route, False, False
-        return "other", _not_found, False, False
+            return "/metrics", self.metrics_route, False, False, False
+        return "other", _not_found, False, False, False
 
     async def _error(
         self, send: Send, exc: RonError, corr: str, head: bool, *, started: bool
@@ -250,6 +264,8 @@ class GatewayApp:
         if exc.retry_after is not None:
             headers.append((b"retry-after", str(max(1, round(exc.retry_after))).encode()))
         headers.extend(getattr(exc, "headers", []))
+        if exc.code is ErrorCode.UNAUTHORIZED:
+            headers.append((b"www-authenticate", b'Bearer realm="ron"'))
         if exc.code is ErrorCode.UNAVAILABLE and exc.retry_after is None:
             headers.append((b"retry-after", str(random.randint(1, 5)).encode()))
         await respond(send, exc.status, headers, json_body(exc.envelope(corr)), head=head)
@@ -261,7 +277,9 @@ class GatewayApp:
         that matters; errors still leave as the envelope through ``__call__``.
         """
         assert self._v1 is not None
-        scope.setdefault("state", {})["corr_id"] = corr
+        state = scope.setdefault("state", {})
+        state["corr_id"] = corr
+        state["guard"] = self.guard
         await self._v1(scope, receive, send)
 
     # --- admin-style routes -------------------------------------------------------------
@@ -455,11 +473,16 @@ class GatewayApp:
         mime = (header(scope, b"content-type") or "application/octet-stream").split(";")[0]
         cap = self.settings.max_put_bytes
         declared = header(scope, b"content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                raise RonError(ErrorCode.BAD_REQUEST, "Content-Length is not a number")
-            if int(declared) > cap:
-                raise RonError(ErrorCode.PAYLOAD_TOO_LARGE, f"body exceeds the {cap}-byte cap")
+        if declared is not None and not declared.isdigit():
+            raise RonError(ErrorCode.BAD_REQUEST, "Content-Length is not a number")
+        grant: Grant | None = scope["state"].get("grant")
+        self.guard.authorize(
+            grant, method="PUT", path="/put", nbytes=int(declared) if declared else None
+        )
+        if grant is not None and grant.max_bytes is not None:
+            cap = min(cap, grant.max_bytes)  # a body of unknown size stops at the caveat
+        if declared is not None and int(declared) > cap:
+            raise RonError(ErrorCode.PAYLOAD_TOO_LARGE, f"body exceeds the {cap}-byte cap")
         coding = parse_content_encoding(header(scope, b"content-encoding"))
         exchange: _Exchange = scope["state"]["exchange"]
         admitted: Admitted | None = scope["state"].get("admitted")

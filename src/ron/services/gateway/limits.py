@@ -1,7 +1,8 @@
 """Who a request is (its tenant) and whether it may proceed (quotas, capacity).
 
-Tenant: the tenant whose API key the request presents (``X-Api-Key``); without a key,
-the anonymous tenant of its client address. A key that matches no tenant is refused
+Tenant: the tenant named by the request's verified capability token; else the tenant
+whose API key it presents (``X-Api-Key``); else the anonymous tenant of its client
+address. A key that matches no tenant is refused
 (401) rather than treated as anonymous, so a forged key can never land a request in
 another tenant's bucket, nor silently in the anonymous one.
 
@@ -42,6 +43,7 @@ class TenantResolver:
     def __init__(self, config: GatewayConfig) -> None:
         q = config.quota
         self._by_key: dict[bytes, Tenant] = {}
+        self._named: dict[str, Tenant] = {}
         for name, t in config.tenants.items():
             tenant = Tenant(
                 id=name,
@@ -52,8 +54,24 @@ class TenantResolver:
             )
             for key in t.api_keys:
                 self._by_key[_key_digest(key)] = tenant
+            self._named[name] = tenant
         self._quota: QuotaConfig = q
         self._anonymous: dict[str | None, Tenant] = {}
+
+    def named(self, name: str) -> Tenant:
+        """The tenant a verified capability names: its configured quota, else defaults.
+
+        A capability's tenant is the owner's word (it was signed with the root key), so
+        unlike an API key it needs no lookup to be believed; it only picks the quota.
+        """
+        tenant = self._named.get(name)
+        if tenant is None:
+            q = self._quota
+            tenant = Tenant(name, q.rps, q.burst, q.bytes_per_s, q.bytes_burst)
+            if len(self._named) >= 4096:
+                self._named.clear()
+            self._named[name] = tenant
+        return tenant
 
     def resolve(self, api_key: str | None, client_host: str | None) -> Tenant:
         if api_key is None:

@@ -18,6 +18,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from ron.auth.guard import Guard
+from ron.auth.verifier import Grant
 from ron.kernel.config import MAILBOX_HARD_MAX_PAYLOAD
 from ron.proto.envelope import ErrorCode, RonError
 from ron.services.base import ServiceContext
@@ -45,6 +47,28 @@ SSE_HEADERS = {
 }
 
 T = TypeVar("T")
+
+
+def allow(request: Request, topic: str | None) -> tuple[str, ...] | None:
+    """Check the request's capability against this route and topic (403 otherwise).
+
+    The gateway has already authenticated the token (401) before the request got here.
+    With ``topic=None`` (ack, nack, extend name receipts, not topics) the token's topic
+    caveats are returned for the mailbox to check against each message's topic.
+    """
+    state = request.scope.get("state", {})
+    grant: Grant | None = state.get("grant")
+    guard: Guard | None = state.get("guard")
+    if grant is None or guard is None:
+        return None
+    guard.authorize(
+        grant,
+        method=request.method,
+        path=request.scope["path"],
+        topic=topic,
+        defer_topic=topic is None,
+    )
+    return grant.topic_patterns if topic is None else None
 
 
 def routes(ctx: ServiceContext) -> list[BaseRoute]:
@@ -105,6 +129,7 @@ class _MailboxRoutes:
     @_reads_body
     async def send(self, request: Request) -> Response:
         topic = request.path_params["topic"]
+        allow(request, topic)
         payload = await read_body(request, MAILBOX_HARD_MAX_PAYLOAD)
         headers = {
             name[len(HEADER_PREFIX) :]: value
@@ -124,6 +149,7 @@ class _MailboxRoutes:
     @_reads_body
     async def send_batch(self, request: Request) -> Response:
         topic = request.path_params["topic"]
+        allow(request, topic)
         body = await read_json(request, {"messages"}, limit=MAX_BATCH_BODY)
         items = body.get("messages")
         if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
@@ -140,6 +166,7 @@ class _MailboxRoutes:
     @_reads_body
     async def receive(self, request: Request) -> Response:
         topic = request.path_params["topic"]
+        allow(request, topic)
         body = await read_json(request, {"max", "visibility_s", "wait_s"}, allow_empty=True)
         limit = _int(body.get("max", 1), "max")
         visibility = _number_or_none(body.get("visibility_s"), "visibility_s")
@@ -151,6 +178,7 @@ class _MailboxRoutes:
     async def subscribe(self, request: Request) -> Response:
         """Server-Sent Events: one ``message`` event per delivery, comments as heartbeats."""
         topic = request.path_params["topic"]
+        allow(request, topic)
         query = request.query_params
         unknown = set(query) - {"visibility_s", "max_unacked"}
         if unknown:
@@ -178,28 +206,34 @@ class _MailboxRoutes:
 
     @_reads_body
     async def ack(self, request: Request) -> Response:
+        topics = allow(request, None)
         body = await read_json(request, {"receipts"})
-        settled = await self.mailbox.ack(receipts_from_json(body))
+        settled = await self.mailbox.ack(receipts_from_json(body), topics=topics)
         return JSONResponse({"acked": settled.done, "gone": settled.gone})
 
     @_reads_body
     async def nack(self, request: Request) -> Response:
+        topics = allow(request, None)
         body = await read_json(request, {"receipts", "delay_s"})
         delay = _number_or_none(body.get("delay_s"), "delay_s") or 0.0
-        settled = await self.mailbox.nack(receipts_from_json(body), delay_s=delay)
+        settled = await self.mailbox.nack(receipts_from_json(body), delay_s=delay, topics=topics)
         return JSONResponse({"released": settled.done, "gone": settled.gone})
 
     @_reads_body
     async def extend(self, request: Request) -> Response:
+        topics = allow(request, None)
         body = await read_json(request, {"receipts", "visibility_s"})
         visibility = _number_or_none(body.get("visibility_s"), "visibility_s")
         if visibility is None:
             raise RonError(ErrorCode.BAD_REQUEST, "visibility_s is required")
-        settled = await self.mailbox.extend(receipts_from_json(body), visibility_s=visibility)
+        settled = await self.mailbox.extend(
+            receipts_from_json(body), visibility_s=visibility, topics=topics
+        )
         return JSONResponse({"extended": settled.done, "gone": settled.gone})
 
     async def delete(self, request: Request) -> Response:
         topic = request.path_params["topic"]
+        allow(request, topic)
         if not await self.mailbox.delete(topic, request.path_params["msg_id"]):
             raise RonError(ErrorCode.NOT_FOUND, "no such message in this topic")
         return JSONResponse({"deleted": True})
@@ -209,6 +243,7 @@ class _MailboxRoutes:
     async def stats(self, request: Request) -> Response:
         if request.query_params:
             raise RonError(ErrorCode.BAD_REQUEST, "stats takes no parameters")
+        allow(request, request.path_params["topic"])
         stats = await self.mailbox.stats(request.path_params["topic"])
         return JSONResponse(stats.to_wire())
 
@@ -220,6 +255,7 @@ class _MailboxRoutes:
         limit = query.get("limit", "100")
         if not limit.isdigit() or len(limit) > 4:
             raise RonError(ErrorCode.BAD_REQUEST, "limit must be an integer 1..100")
+        allow(request, request.path_params["topic"])
         page = await self.mailbox.dead_letters(
             request.path_params["topic"], limit=int(limit), cursor=query.get("cursor")
         )
@@ -239,6 +275,7 @@ class _MailboxRoutes:
         ):
             raise RonError(ErrorCode.BAD_REQUEST, "msg_ids must be a list of strings")
         limit = _int(body.get("max", 1000), "max")
+        allow(request, request.path_params["topic"])
         moved = await self.mailbox.redrive(request.path_params["topic"], msg_ids=ids, limit=limit)
         return JSONResponse({"redriven": moved})
 

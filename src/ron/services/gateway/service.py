@@ -11,6 +11,7 @@ import contextlib
 
 import uvicorn
 
+from ron.auth.guard import Guard
 from ron.kernel.admin import EmbeddedServer
 from ron.kernel.config import Config
 from ron.services.base import Service, ServiceContext
@@ -41,6 +42,11 @@ class GatewayService(Service):
             ctx.config.gateway, ctx.metrics, ctx.run_dir, worker_slot(ctx.name), kernel.ready
         )
         await self.admission.prime()
+        self.guard = Guard(
+            ctx.data_dir,
+            ctx.config.caps,
+            on_refusal=lambda reason: ctx.metrics.rejected_total.labels(reason).inc(),
+        )
         app = GatewayApp(
             reader=self.reader,
             store=store,
@@ -51,6 +57,7 @@ class GatewayService(Service):
             node_metrics=kernel.metrics_text,
             v1=build_v1_app(ctx),
             admission=self.admission,
+            guard=self.guard,
             access_log=self.access_log,
         )
         gw = ctx.config.gateway
@@ -94,6 +101,7 @@ class GatewayService(Service):
     async def reconfigure(self, config: Config) -> None:
         self._settings = config.gateway
         self.admission.reconfigure(config.gateway)
+        self.guard.reconfigure(config.caps)
 
     def degraded(self) -> str | None:
         """Reported to the kernel, so the node's /readyz shows it too."""

@@ -46,7 +46,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 def route_builders() -> list[str]:
     """``module:function`` of each feature's ``routes(ctx) -> list[BaseRoute]``."""
-    return ["ron.services.gateway.mailbox_api:routes"]
+    return ["ron.services.gateway.mailbox_api:routes", "ron.services.gateway.caps_api:routes"]
 
 
 def build_v1_app(ctx: ServiceContext) -> Starlette | None:

@@ -53,11 +53,27 @@ class MailboxAPI(Protocol):
         wait_s: float = 0.0,
     ) -> list[Delivery]: ...
 
-    async def ack(self, receipts: Sequence[str]) -> Settled: ...
+    # ``topics``: the caller's capability allows only topics matching all of these
+    # patterns (None: any); a receipt of another topic makes the call 403.
+    async def ack(
+        self, receipts: Sequence[str], *, topics: Sequence[str] | None = None
+    ) -> Settled: ...
 
-    async def nack(self, receipts: Sequence[str], *, delay_s: float = 0.0) -> Settled: ...
+    async def nack(
+        self,
+        receipts: Sequence[str],
+        *,
+        delay_s: float = 0.0,
+        topics: Sequence[str] | None = None,
+    ) -> Settled: ...
 
-    async def extend(self, receipts: Sequence[str], *, visibility_s: float) -> Settled: ...
+    async def extend(
+        self,
+        receipts: Sequence[str],
+        *,
+        visibility_s: float,
+        topics: Sequence[str] | None = None,
+    ) -> Settled: ...
 
     async def delete(self, topic: str, msg_id: str) -> bool: ...
 

@@ -18,6 +18,7 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ron.auth.caveats import topic_allowed
 from ron.ipc import CallContext, IpcClient
 from ron.kernel.config import Config, MailboxConfig
 from ron.proto.envelope import ErrorCode, RonError
@@ -41,7 +42,7 @@ from ron.services.mailbox.model import (
     check_seconds,
     check_topic,
 )
-from ron.services.mailbox.receipts import parse_receipts
+from ron.services.mailbox.receipts import Receipt, parse_receipts
 from ron.services.mailbox.store import MailboxStore, Released
 from ron.services.mailbox.wakeups import DueTimer, Signals
 
@@ -312,43 +313,72 @@ class MailboxService(Service):
 
     # ---- settle ----------------------------------------------------------------------
 
-    async def ack(self, receipts: Sequence[str]) -> Settled:
+    async def ack(self, receipts: Sequence[str], *, topics: Sequence[str] | None = None) -> Settled:
         parsed = parse_receipts(list(receipts), limit=MAX_BATCH)
+        self._check_topics(parsed, topics)
         try:
-            settled, topics = self._store.ack(parsed)
+            settled, touched = self._store.ack(parsed)
         except RonError as exc:
             self._count_stale(exc)
             raise
         self._acked.inc(settled.done)
-        for topic in topics:
+        for topic in touched:
             self._signals.notify(_released(topic))
         return settled
 
-    async def nack(self, receipts: Sequence[str], *, delay_s: float = 0.0) -> Settled:
+    async def nack(
+        self,
+        receipts: Sequence[str],
+        *,
+        delay_s: float = 0.0,
+        topics: Sequence[str] | None = None,
+    ) -> Settled:
         parsed = parse_receipts(list(receipts), limit=MAX_BATCH)
+        self._check_topics(parsed, topics)
         delay = check_seconds(delay_s, "delay_s", 0, self._cfg.max_visibility_s)
         try:
-            settled, topics, dead = self._store.nack(parsed, int(delay * 1000), self._max_for)
+            settled, touched, dead = self._store.nack(parsed, int(delay * 1000), self._max_for)
         except RonError as exc:
             self._count_stale(exc)
             raise
         self._nacked.inc(settled.done)
         self._dead.inc(dead)
-        for topic in topics:
+        for topic in touched:
             if delay > 0:
                 self._timer.schedule(topic, self._store.now_ms() + int(delay * 1000))
             self._signals.notify(_ready(topic))
             self._signals.notify(_released(topic))
         return settled
 
-    async def extend(self, receipts: Sequence[str], *, visibility_s: float) -> Settled:
+    async def extend(
+        self,
+        receipts: Sequence[str],
+        *,
+        visibility_s: float,
+        topics: Sequence[str] | None = None,
+    ) -> Settled:
         parsed = parse_receipts(list(receipts), limit=MAX_BATCH)
+        self._check_topics(parsed, topics)
         vis = self._visibility_ms(visibility_s)
         try:
             return self._store.extend(parsed, vis)
         except RonError as exc:
             self._count_stale(exc)
             raise
+
+    def _check_topics(self, receipts: Sequence[Receipt], topics: Sequence[str] | None) -> None:
+        """403 when a receipt's message is in a topic the caller's token does not cover.
+
+        A message never changes topic, so checking before the settling transaction is
+        as good as checking inside it.
+        """
+        if topics is None:
+            return
+        for topic in self._store.topics_of(receipts):
+            if not all(topic_allowed(pattern, topic) for pattern in topics):
+                raise RonError(
+                    ErrorCode.FORBIDDEN, "token does not allow this request: another topic"
+                )
 
     def _count_stale(self, exc: RonError) -> None:
         if exc.code is ErrorCode.CONFLICT:
@@ -423,16 +453,22 @@ class MailboxService(Service):
             return [d.to_wire() for d in got]
 
         async def ack(args: dict[str, Any], ctx: CallContext) -> Any:
-            return (await self.ack(_list(args, "receipts"))).to_wire()
+            topics = _list(args, "topics", required=False) or None
+            return (await self.ack(_list(args, "receipts"), topics=topics)).to_wire()
 
         async def nack(args: dict[str, Any], ctx: CallContext) -> Any:
-            settled = await self.nack(_list(args, "receipts"), delay_s=args.get("delay_s", 0.0))
+            settled = await self.nack(
+                _list(args, "receipts"),
+                delay_s=args.get("delay_s", 0.0),
+                topics=_list(args, "topics", required=False) or None,
+            )
             return settled.to_wire()
 
         async def extend(args: dict[str, Any], ctx: CallContext) -> Any:
             settled = await self.extend(
                 _list(args, "receipts"),
                 visibility_s=args.get("visibility_s"),  # type: ignore[arg-type]
+                topics=_list(args, "topics", required=False) or None,
             )
             return settled.to_wire()
 
@@ -573,22 +609,37 @@ class MailboxClient:
             data = await self._ipc.call("receive", args, timeout=_CALL_TIMEOUT)
         return [Delivery.from_wire(d) for d in data]
 
-    async def ack(self, receipts: Sequence[str]) -> Settled:
-        data = await self._ipc.call("ack", {"receipts": list(receipts)}, timeout=_CALL_TIMEOUT)
+    async def ack(self, receipts: Sequence[str], *, topics: Sequence[str] | None = None) -> Settled:
+        args: dict[str, Any] = {"receipts": list(receipts)}
+        if topics is not None:
+            args["topics"] = list(topics)
+        data = await self._ipc.call("ack", args, timeout=_CALL_TIMEOUT)
         return Settled.from_wire(data)
 
-    async def nack(self, receipts: Sequence[str], *, delay_s: float = 0.0) -> Settled:
-        data = await self._ipc.call(
-            "nack", {"receipts": list(receipts), "delay_s": delay_s}, timeout=_CALL_TIMEOUT
-        )
+    async def nack(
+        self,
+        receipts: Sequence[str],
+        *,
+        delay_s: float = 0.0,
+        topics: Sequence[str] | None = None,
+    ) -> Settled:
+        args: dict[str, Any] = {"receipts": list(receipts), "delay_s": delay_s}
+        if topics is not None:
+            args["topics"] = list(topics)
+        data = await self._ipc.call("nack", args, timeout=_CALL_TIMEOUT)
         return Settled.from_wire(data)
 
-    async def extend(self, receipts: Sequence[str], *, visibility_s: float) -> Settled:
-        data = await self._ipc.call(
-            "extend",
-            {"receipts": list(receipts), "visibility_s": visibility_s},
-            timeout=_CALL_TIMEOUT,
-        )
+    async def extend(
+        self,
+        receipts: Sequence[str],
+        *,
+        visibility_s: float,
+        topics: Sequence[str] | None = None,
+    ) -> Settled:
+        args: dict[str, Any] = {"receipts": list(receipts), "visibility_s": visibility_s}
+        if topics is not None:
+            args["topics"] = list(topics)
+        data = await self._ipc.call("extend", args, timeout=_CALL_TIMEOUT)
         return Settled.from_wire(data)
 
     async def delete(self, topic: str, msg_id: str) -> bool:

@@ -371,6 +371,12 @@ class MailboxStore:
             )
         return Settled(len(seqs), sum(1 for row in rows if row is None))
 
+    def topics_of(self, receipts: Sequence[Receipt]) -> set[str]:
+        """The topics of the messages the receipts name (gone messages name none)."""
+        if not receipts:
+            return set()
+        return {row[1] for row in self._lookup(self._db, receipts) if row is not None}
+
     def live_leases(self, receipts: Sequence[Receipt]) -> list[bool]:
         """For each receipt: is its lease still held (not settled, not expired)?"""
         now = self._clock()

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
+from ron.auth.guard import Guard
+from ron.auth.verifier import Grant
 from ron.proto.address import Address, parse_address
 from ron.proto.envelope import ErrorCode, RonError
 from ron.services.overlay.reader import ContentReader, ObjectInfo
@@ -31,7 +33,9 @@ PARSE_CACHE = 4096
 class OapRequest:
     """One complete request as an application sees it.
 
-    ``cap`` is the capability presented on START (a bearer secret: never log it).
+    ``cap`` is the capability presented on START (a bearer secret: never log it); the
+    connection authenticated it before the request got here, and the application
+    authorizes it once it knows what the request asks for.
     ``op`` is set by the application once it has parsed the payload; it only labels
     metrics.
     """
@@ -41,6 +45,8 @@ class OapRequest:
     tenant_id: int
     cap: bytes
     payload: bytes
+    grant: Grant | None = None
+    """The verified capability (None on a node that does not enforce them)."""
     op: str = "-"
 
 
@@ -88,7 +94,13 @@ class StorageApp:
     a mismatch ends the stream with an error frame instead of ``RESP|END``).
     """
 
-    def __init__(self, reader: ContentReader, tiles_root: Callable[[], Path | None]) -> None:
+    def __init__(
+        self,
+        reader: ContentReader,
+        tiles_root: Callable[[], Path | None],
+        guard: Guard | None = None,
+    ) -> None:
+        self._guard = guard
         self._reader = reader
         self._tiles_root = tiles_root
         self._parsed: dict[str, Address] = {}
@@ -103,10 +115,14 @@ class StorageApp:
         if addr is not None:
             if not isinstance(addr, str):
                 raise RonError(ErrorCode.BAD_REQUEST, '"addr" must be a string')
+            if self._guard is not None:
+                self._guard.authorize(request.grant, method="GET", path=f"/o/{addr}", addr=addr)
             await self._by_address(addr, reply)
         else:
             if not isinstance(path, str):
                 raise RonError(ErrorCode.BAD_REQUEST, '"path" must be a string')
+            if self._guard is not None:
+                self._guard.authorize(request.grant, method="GET", path=path)
             await self._by_path(path, reply)
 
     def _parse(self, text: str) -> Address:

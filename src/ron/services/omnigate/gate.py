@@ -14,6 +14,7 @@ from the next connection on.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 from collections.abc import Mapping
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ron import __version__
+from ron.auth.guard import Guard
+from ron.auth.verifier import Grant
 from ron.kernel.config import OmnigateConfig
 from ron.kernel.metrics import Metrics, status_class
 from ron.proto.envelope import ErrorCode, RonError
@@ -59,13 +62,20 @@ class Gate:
     """Shared per-process state of omnigate; single-threaded (the event loop's)."""
 
     def __init__(
-        self, settings: OmnigateConfig, metrics: Metrics, apps: Mapping[int, App], *, tls: bool
+        self,
+        settings: OmnigateConfig,
+        metrics: Metrics,
+        apps: Mapping[int, App],
+        *,
+        tls: bool,
+        guard: Guard | None = None,
     ) -> None:
         self.metrics = metrics
+        self.guard = guard
         self.apps = dict(apps)
         self.tls = tls
         self.inflight = 0
-        self._buckets: BucketTable[tuple[int, int]] = BucketTable(settings.quota_table_size)
+        self._buckets: BucketTable[tuple[int | str, int]] = BucketTable(settings.quota_table_size)
         self._children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
         self._rejected: dict[str, Any] = {}
         self.connections = metrics.gauge("oap_connections", "Open OAP/1 connections.")
@@ -96,8 +106,28 @@ class Gate:
 
     # --- admission ------------------------------------------------------------------
 
-    def admit(self, app: App, app_proto_id: int, tenant_id: int) -> RonError | None:
-        """Take an inflight slot and a token, or say why not (the error to send)."""
+    def authenticate(self, cap: bytes) -> Grant | None:
+        """The START's capability (401 when enforced and missing, or when it is bad)."""
+        if self.guard is None:
+            return None
+        return self.guard.grant(cap, required=True)
+
+    def hello_info(self) -> ServerInfo:
+        """What HELLO says now: the static info plus the revocation sequence, so a peer
+        sees at once whether it has missed revocations (CAPABILITIES.md §7)."""
+        if self.guard is None:
+            return self.info
+        extra = {
+            "revocation_seq": self.guard.verifier.revocation_seq,
+            "node_id": self.guard.audience,
+        }
+        return dataclasses.replace(self.info, extra=extra)
+
+    def admit(self, app: App, app_proto_id: int, tenant_id: int | str) -> RonError | None:
+        """Take an inflight slot and a token, or say why not (the error to send).
+
+        ``tenant_id`` is the verified capability's tenant when there is one, else the
+        frame's numeric tenant (only on a node that does not enforce capabilities)."""
         settings = self.settings
         if self.inflight >= settings.max_inflight:
             self.reject("inflight")

@@ -14,6 +14,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from ron.auth.guard import Guard
+from ron.auth.verifier import Grant
 from ron.proto.envelope import ErrorCode, RonError
 from ron.services.mailbox.api import MailboxAPI
 from ron.services.mailbox.jsonwire import (
@@ -68,12 +70,28 @@ def _receipts(body: dict[str, Any]) -> list[str]:
     return receipts_from_json(body)
 
 
+_ROUTES: dict[str, tuple[str, str]] = {
+    "send": ("POST", "/v1/mailbox/{topic}/messages"),
+    "recv": ("POST", "/v1/mailbox/{topic}/receive"),
+    "subscribe": ("GET", "/v1/mailbox/{topic}/subscribe"),
+    "ack": ("POST", "/v1/mailbox/ack"),
+    "nack": ("POST", "/v1/mailbox/nack"),
+    "extend": ("POST", "/v1/mailbox/extend"),
+    "delete": ("DELETE", "/v1/mailbox/{topic}/messages/{msg_id}"),
+    "stats": ("GET", "/v1/mailbox/{topic}/stats"),
+    "dlq": ("GET", "/v1/mailbox/{topic}/dlq"),
+    "redrive": ("POST", "/v1/mailbox/{topic}/dlq/redrive"),
+}
+"""Each op and the HTTP route it stands for, so one token means the same on both doors."""
+
+
 class MailboxApp:
     """The OAP handler for app 0x0201; the mailbox peer is looked up per request, so a
     node configured without a mailbox answers 404 rather than failing to start."""
 
-    def __init__(self, mailbox: Callable[[], MailboxAPI]) -> None:
+    def __init__(self, mailbox: Callable[[], MailboxAPI], guard: Guard | None = None) -> None:
         self._mailbox = mailbox
+        self._guard = guard
 
     async def __call__(self, request: OapRequest, reply: Reply) -> None:
         body = json_request(request)
@@ -81,10 +99,32 @@ class MailboxApp:
             mailbox = self._mailbox()
         except KeyError:
             raise RonError(ErrorCode.NOT_FOUND, "this node runs no mailbox") from None
-        result = await self._dispatch(mailbox, body)
+        topics = self._authorize(request.grant, body)
+        result = await self._dispatch(mailbox, body, topics)
         reply.end(json.dumps(result, separators=(",", ":")).encode())
 
-    async def _dispatch(self, mb: MailboxAPI, body: dict[str, Any]) -> dict[str, Any]:
+    def _authorize(self, grant: Grant | None, body: dict[str, Any]) -> tuple[str, ...] | None:
+        """Check the capability as the equivalent HTTP route would (CAPABILITIES.md §5);
+        for receipt ops, return the topic caveats for the mailbox to apply."""
+        if self._guard is None or grant is None:
+            return None
+        route = _ROUTES.get(body.get("op"))  # type: ignore[arg-type]
+        if route is None:
+            return None  # an unknown op is refused by dispatch with 400
+        method, template = route
+        if "{topic}" not in template:
+            self._guard.authorize(grant, method=method, path=template, defer_topic=True)
+            return grant.topic_patterns
+        topic = _str(body, "topic")
+        if body.get("op") == "send" and "messages" in body:
+            template = "/v1/mailbox/{topic}/batch"
+        path = template.replace("{topic}", topic).replace("{msg_id}", str(body.get("msg_id")))
+        self._guard.authorize(grant, method=method, path=path, topic=topic)
+        return None
+
+    async def _dispatch(
+        self, mb: MailboxAPI, body: dict[str, Any], topics: tuple[str, ...] | None
+    ) -> dict[str, Any]:
         op = body.get("op")
         if op == "send":
             topic = _str(body, "topic")
@@ -115,16 +155,18 @@ class MailboxApp:
             )
             return {"messages": [delivery_json(d) for d in got]}
         if op == "ack":
-            settled = await mb.ack(_receipts(body))
+            settled = await mb.ack(_receipts(body), topics=topics)
             return {"acked": settled.done, "gone": settled.gone}
         if op == "nack":
-            settled = await mb.nack(_receipts(body), delay_s=_ms(body, "delay_ms", 0.0) or 0.0)
+            settled = await mb.nack(
+                _receipts(body), delay_s=_ms(body, "delay_ms", 0.0) or 0.0, topics=topics
+            )
             return {"released": settled.done, "gone": settled.gone}
         if op == "extend":
             visibility = _ms(body, "visibility_ms", None)
             if visibility is None:
                 raise _bad("extend needs visibility_ms")
-            settled = await mb.extend(_receipts(body), visibility_s=visibility)
+            settled = await mb.extend(_receipts(body), visibility_s=visibility, topics=topics)
             return {"extended": settled.done, "gone": settled.gone}
         if op == "delete":
             if not await mb.delete(_str(body, "topic"), _str(body, "msg_id")):

@@ -373,6 +373,7 @@ class OapServerProtocol(asyncio.Protocol):
 
     def _on_hello(self, event: Hello) -> None:
         started = time.perf_counter()
+        self.conn.info = self._gate.hello_info()
         self.write(self.conn.send_hello(event))
         self._gate.record("hello", "hello", 200, started, len(event.payload), 0)
 
@@ -387,13 +388,20 @@ class OapServerProtocol(asyncio.Protocol):
             self._send_error(event, err)
             gate.record("unknown", "-", err.status, started, len(event.payload), 0)
             return
-        refusal = gate.admit(app, event.app_proto_id, event.tenant_id)
+        try:
+            grant = gate.authenticate(event.cap)
+        except RonError as err:
+            self._send_error(event, err)
+            gate.record(app.name, "-", err.status, time.perf_counter(), 0, 0)
+            return
+        tenant = event.tenant_id if grant is None else grant.tenant
+        refusal = gate.admit(app, event.app_proto_id, tenant)
         if refusal is not None:
             self._send_error(event, refusal)
             gate.record(app.name, "-", refusal.status, time.perf_counter(), 0, 0)
             return
         req = OapRequest(
-            event.corr_id, event.app_proto_id, event.tenant_id, event.cap, event.payload
+            event.corr_id, event.app_proto_id, event.tenant_id, event.cap, event.payload, grant
         )
         request = _Request(req, app)
         self._requests[event.corr_id] = request

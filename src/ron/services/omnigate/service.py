@@ -17,6 +17,7 @@ import contextlib
 import logging
 from pathlib import Path
 
+from ron.auth.guard import Guard
 from ron.kernel.config import Config, OmnigateConfig
 from ron.proto.oap import AppId
 from ron.services.base import Service, ServiceContext
@@ -56,7 +57,8 @@ class OmnigateService(Service):
         self.reader = ContentReader(
             store, index_path(ctx.config), ctx.metrics, on_corrupt=QuarantineReporter(ctx.peers)
         )
-        self.gate = Gate(settings, ctx.metrics, self._apps(), tls=self._tls)
+        self.guard = Guard(ctx.data_dir, ctx.config.caps, on_refusal=self._refused)
+        self.gate = Gate(settings, ctx.metrics, self._apps(), tls=self._tls, guard=self.guard)
         ssl_context = None
         if self._tls:
             self._files = await asyncio.to_thread(tls_files, ctx.config)
@@ -75,9 +77,16 @@ class OmnigateService(Service):
     def _apps(self) -> dict[int, App]:
         """Application id -> handler."""
         return {
-            AppId.STORAGE: App("storage", StorageApp(self.reader, self._tiles_root), eager=True),
-            AppId.MAILBOX: App("mailbox", MailboxApp(lambda: self._ctx.peers.get("mailbox"))),
+            AppId.STORAGE: App(
+                "storage", StorageApp(self.reader, self._tiles_root, self.guard), eager=True
+            ),
+            AppId.MAILBOX: App(
+                "mailbox", MailboxApp(lambda: self._ctx.peers.get("mailbox"), self.guard)
+            ),
         }
+
+    def _refused(self, reason: str) -> None:
+        self.gate.reject(reason)
 
     def _tiles_root(self) -> Path | None:
         return self.gate.settings.tiles_root
@@ -102,6 +111,7 @@ class OmnigateService(Service):
         """Limits, quotas, timeouts and the tiles root follow a reload; ``tls`` and the
         certificate paths need a restart (the listener was set up with them)."""
         self.gate.apply(config.omnigate)
+        self.guard.reconfigure(config.caps)
 
     def health(self) -> tuple[bool, str]:
         if not self._server.is_serving():

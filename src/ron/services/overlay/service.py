@@ -8,14 +8,20 @@ row never points at a bundle that is not fully on disk.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
+from ron.auth import audit
+from ron.auth.audit import AuditLog
+from ron.auth.files import AuthPaths
 from ron.ipc import CallContext, IpcClient
 from ron.proto.address import Address, parse_address
 from ron.proto.envelope import ErrorCode, RonError
 from ron.services.base import Handler, Service, ServiceContext
 from ron.services.index.db import IndexRecord
+
+log = logging.getLogger("ron.overlay")
 
 
 class OverlayService(Service):
@@ -24,6 +30,7 @@ class OverlayService(Service):
     async def start(self, ctx: ServiceContext) -> None:
         self._peers = ctx.peers
         self._puts = ctx.metrics.counter("overlay_puts_total", "PUTs completed.", ["result"])
+        self._audit = AuditLog(AuthPaths(ctx.data_dir).audit_log, actor="overlay")
 
     async def stop(self) -> None:
         return None
@@ -55,12 +62,23 @@ class OverlayService(Service):
     async def quarantine(self, addr: Address, reason: str) -> bool:
         moved = bool(await self._peers.get("storage").quarantine(addr, reason))
         await self._peers.get("index").delete(addr.hex)
+        if moved:
+            self._record(addr.canonical, reason)
         return moved
+
+    def _record(self, address: str, reason: str) -> None:
+        """Quarantines go to the audit log: an operator must be able to tell data that
+        was withdrawn for corruption from data that was never there."""
+        try:
+            self._audit.append(audit.QUARANTINE, {"address": address, "reason": reason[:256]})
+        except (OSError, RonError):
+            log.exception("audit record of a quarantine not written")
 
     async def scrub(self) -> dict[str, Any]:
         report: dict[str, Any] = await self._peers.get("storage").scrub()
         for canonical in report.get("corrupt", []):
             await self._peers.get("index").delete(parse_address(canonical).hex)
+            self._record(canonical, "scrub found a mismatch")
         return report
 
     def handlers(self) -> Mapping[str, Handler]:
