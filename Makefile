@@ -32,9 +32,21 @@ clean:
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH)
 
-# Fuzzing campaigns are long: never part of `make test` (which replays the corpus).
-FUZZ_SECONDS ?= 300
+# Fuzzing campaigns are long: never part of `make test` (which replays every corpus).
+# Each harness runs FUZZ_SECONDS on its own (5 harnesses: 5 minutes by default) with a
+# working corpus in .fuzz/<name> and the committed seeds in tests/fuzz/corpus/<name>;
+# FUZZ=<name> (or a list) picks harnesses, e.g. `make fuzz FUZZ=address FUZZ_SECONDS=600`.
+FUZZ_SECONDS ?= 60
+FUZZ_HARNESS_oap := fuzz_oap_decoder
+FUZZ_HARNESS_ipc := fuzz_ipc_decoder
+FUZZ_HARNESS_address := fuzz_address
+FUZZ_HARNESS_range := fuzz_range
+FUZZ_HARNESS_manifest := fuzz_manifest
+FUZZ_ALL := oap ipc address range manifest
+FUZZ ?= $(FUZZ_ALL)
 fuzz: $(STAMP)
+	$(foreach name,$(FUZZ),$(if $(FUZZ_HARNESS_$(name)),,$(error unknown fuzz harness '$(name)': choose from $(FUZZ_ALL))))
 	$(BIN)/python -m pip install -q atheris==3.0.0
-	mkdir -p .fuzz/oap
-	$(BIN)/python tests/fuzz/fuzz_oap_decoder.py .fuzz/oap tests/fuzz/corpus/oap -max_total_time=$(FUZZ_SECONDS)
+	$(foreach name,$(FUZZ),mkdir -p .fuzz/$(name) && \
+	  $(BIN)/python tests/fuzz/$(FUZZ_HARNESS_$(name)).py .fuzz/$(name) tests/fuzz/corpus/$(name) \
+	    -max_total_time=$(FUZZ_SECONDS) && ) true

@@ -13,9 +13,10 @@ Run (atheris installed in the venv)::
     .venv/bin/python tests/fuzz/fuzz_oap_decoder.py .fuzz/oap tests/fuzz/corpus/oap \
         -max_total_time=300
 
-libFuzzer writes new inputs into the *first* directory, so keep the committed seed corpus
-second. Crashes land in the working directory as ``crash-*``; add the minimised input to
-``tests/fuzz/corpus/oap/`` so the replay test pins the fix.
+or ``make fuzz FUZZ=oap``. libFuzzer writes new inputs into the *first* directory, so
+keep the committed seed corpus second. Crashes land in the working directory as
+``crash-*``; add the minimised input to ``tests/fuzz/corpus/oap/`` so the replay test
+pins the fix.
 """
 
 from __future__ import annotations

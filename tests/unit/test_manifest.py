@@ -355,6 +355,28 @@ def test_valid_tables_in_these_tests_parse() -> None:
 
 
 @pytest.mark.parametrize(
+    "tail",
+    [
+        PAY.replace("price = 0.5", "price = 1" + "0" * 309),
+        PAY + "splits = [{ account = 'a', pct = -1" + "0" * 400 + " }]\n",
+    ],
+)
+def test_integer_too_large_for_a_float_is_refused_not_overflowed(tail: str) -> None:
+    # Fuzz regression (corpus manifest/malformed-huge-integer-price.toml): tomllib reads
+    # integers of any size, and float() of one past ~1.8e308 raised OverflowError.
+    assert "finite number" in assert_bad(GOOD + tail).message
+
+
+def test_float_schema_version_is_refused() -> None:
+    # Fuzz regression (corpus manifest/malformed-float-schema-version.toml): 2.0 == 2,
+    # so a float version was accepted and silently rewritten as the integer 2.
+    assert (
+        "schema_version"
+        in assert_bad(GOOD.replace("schema_version = 2", "schema_version = 2.0")).message
+    )
+
+
+@pytest.mark.parametrize(
     "text",
     [
         "",

@@ -120,7 +120,10 @@ def _check_number(value: object, what: str, *, lo: float, hi: float) -> float:
     """A finite float (integers accepted and converted: ``price = 1`` means 1.0)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _bad(f"{what} must be a number")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # tomllib reads integers of any size
+        number = math.inf
     if not math.isfinite(number) or not lo <= number <= hi:
         bounds = f">= {lo:g}" if math.isinf(hi) else f"between {lo:g} and {hi:g}"
         raise _bad(f"{what} must be a finite number {bounds}")
@@ -512,7 +515,7 @@ class _Table:
 def _manifest_from_doc(doc: dict[str, Any]) -> Manifest:
     top = _Table(doc, "")
     version = top.required("schema_version")
-    if isinstance(version, bool) or version != SCHEMA_VERSION:
+    if type(version) is not int or version != SCHEMA_VERSION:  # 2.0 == 2, but is a float
         raise _bad(f"schema_version must be {SCHEMA_VERSION}, got {version!r}")
     if top.required("hash_algo") != HASH_ALGO:
         raise _bad(f"hash_algo must be {HASH_ALGO!r}")
