@@ -50,3 +50,17 @@ fuzz: $(STAMP)
 	$(foreach name,$(FUZZ),mkdir -p .fuzz/$(name) && \
 	  $(BIN)/python tests/fuzz/$(FUZZ_HARNESS_$(name)).py .fuzz/$(name) tests/fuzz/corpus/$(name) \
 	    -max_total_time=$(FUZZ_SECONDS) && ) true
+
+# Chaos drill: mixed load on one node while a random service is SIGKILLed every
+# KILL_EVERY seconds; exits non-zero on any lost or corrupted data or a service that does
+# not come back. `make test` runs 60 s of it (tests/chaos/).
+KILL_EVERY ?= 3
+chaos: DURATION ?= 600
+chaos: $(STAMP)
+	PYTHONPATH=tests $(BIN)/python -m support.chaos --duration $(DURATION) --kill-every $(KILL_EVERY)
+
+# Soak: steady load at a fixed moderate rate; latency, availability, and memory and
+# file-descriptor trends of every node process. Report: bench/results/soak.json.
+soak: DURATION ?= 900
+soak: $(STAMP)
+	PYTHONPATH=tests $(BIN)/python -m support.soak --duration $(DURATION)
