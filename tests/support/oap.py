@@ -36,8 +36,9 @@ def get_frame(
     path: str | None = None,
     tenant_id: int = 0,
     flags: Flags = Flags.REQ | Flags.START | Flags.END,
+    cap: bytes = b"",
 ) -> bytes:
-    """A storage GET request frame (one-shot by default)."""
+    """A storage GET request frame (one-shot by default); ``cap`` goes on START frames."""
     body: dict[str, Any] = {"op": "get"}
     if addr is not None:
         body["addr"] = addr
@@ -46,19 +47,29 @@ def get_frame(
     payload = json.dumps(body).encode()
     return encode_frame(
         Frame(
-            flags, app_proto_id=AppId.STORAGE, tenant_id=tenant_id, corr_id=corr_id, payload=payload
+            flags,
+            app_proto_id=AppId.STORAGE,
+            tenant_id=tenant_id,
+            corr_id=corr_id,
+            cap=cap,
+            payload=payload,
         )
     )
 
 
 class RawOap:
-    """One connection; :meth:`frame` returns the next frame the server sent."""
+    """One connection; :meth:`frame` returns the next frame the server sent.
+
+    ``received`` keeps every byte as it arrived, for checks the decoder would hide (it
+    clears reserved flag bits, as a receiver must).
+    """
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
         self.decoder = FrameDecoder()
         self.queued: list[Frame] = []
+        self.received = bytearray()
 
     @classmethod
     async def open(
@@ -83,6 +94,7 @@ class RawOap:
                 data = await self.reader.read(1 << 20)
                 if not data:
                     raise EOFError("the server closed the connection")
+                self.received += data
                 self.queued.extend(self.decoder.feed(data))
         return self.queued.pop(0)
 
@@ -112,6 +124,7 @@ class RawOap:
                     return True
                 if not data:
                     return True
+                self.received += data
                 self.queued.extend(self.decoder.feed(data))
 
     async def close(self) -> None:
