@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 from ron.proto.bundle import write_bundle_offline
 from ron.proto.manifest import Payment
 from support.node import RunningNode, run_node
+from support.rawhttp import raw_get
 from support.waiting import wait_until_sync
 
 ALPHABET = b"abcdefghijklmnopqrstuvwxyz"
@@ -204,18 +204,6 @@ def test_rel_that_leaves_the_bundle_is_400(node: RunningNode, rel: str) -> None:
     envelope = json.loads(body)
     assert envelope["code"] == "bad_request" and envelope["retryable"] is False
     assert f"x-corr-id: {envelope['corr_id']}".encode() in head.lower()
-
-
-def raw_get(node: RunningNode, target: str) -> tuple[int, bytes, bytes]:
-    """Send a request line exactly as given (clients normalise dot segments away)."""
-    host, port = node.http.removeprefix("http://").rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=10) as s:
-        s.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), head, body
 
 
 def test_unknown_rel_is_404(node: RunningNode) -> None:

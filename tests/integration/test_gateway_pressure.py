@@ -17,6 +17,8 @@ import zstandard
 from prometheus_client.parser import text_string_to_metric_families
 
 from support.node import RunningNode, run_node
+from support.procmem import vm_kib
+from support.rawhttp import hostport
 from support.waiting import let_time_pass, wait_until_sync
 
 KEY_A = "key-alpha-0123456789"
@@ -54,11 +56,6 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode]:
         assert r.status_code == 201, r.text
         n.addr = r.json()["address"]  # type: ignore[attr-defined]
         yield n
-
-
-def _hostport(node: RunningNode) -> tuple[str, int]:
-    host, port = node.http.removeprefix("http://").rsplit(":", 1)
-    return host, int(port)
 
 
 def test_burst_past_quota_gets_429_then_succeeds_after_retry_after(node: RunningNode) -> None:
@@ -108,7 +105,7 @@ def test_request_log_lines_carry_tenant_but_never_the_key(node: RunningNode) -> 
 def _open_stalled_puts(node: RunningNode, n: int) -> list[socket.socket]:
     socks = []
     for _ in range(n):
-        s = socket.create_connection(_hostport(node), timeout=10)
+        s = socket.create_connection(hostport(node.http), timeout=10)
         s.sendall(
             f"POST /put HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {node.bravo_token}\r\n"  # type: ignore[attr-defined]
             "Content-Length: 100000\r\n\r\n".encode()
@@ -141,7 +138,7 @@ def test_saturated_inflight_turns_unready_reads_served_writes_refused(node: Runn
 
 
 def test_slowloris_on_headers_is_cut_while_others_are_served(node: RunningNode) -> None:
-    slow = socket.create_connection(_hostport(node), timeout=10)
+    slow = socket.create_connection(hostport(node.http), timeout=10)
     slow.sendall(b"GET /o/x HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # never finishes its headers
     started = time.monotonic()
     other = httpx.get(f"{node.http}/o/{node.addr}", headers={"X-Api-Key": KEY_B})  # type: ignore[attr-defined]
@@ -156,7 +153,7 @@ def test_slowloris_on_headers_is_cut_while_others_are_served(node: RunningNode) 
 
 
 def test_slowloris_on_body_is_cut_at_read_idle_deadline(node: RunningNode) -> None:
-    s = socket.create_connection(_hostport(node), timeout=10)
+    s = socket.create_connection(hostport(node.http), timeout=10)
     s.sendall(
         f"POST /put HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {node.bravo_token}\r\n"  # type: ignore[attr-defined]
         "Content-Length: 1000\r\n\r\n"
@@ -175,7 +172,7 @@ def test_oversized_headers_get_431(node: RunningNode) -> None:
 
 
 def test_header_flood_is_cut_without_buffering_it(node: RunningNode) -> None:
-    s = socket.create_connection(_hostport(node), timeout=10)
+    s = socket.create_connection(hostport(node.http), timeout=10)
     s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
     try:
         for _ in range(200):  # up to 20 MiB of headers; the node stops reading early
@@ -188,11 +185,7 @@ def test_header_flood_is_cut_without_buffering_it(node: RunningNode) -> None:
 
 
 def _gateway_hwm_kib(node: RunningNode) -> int:
-    pid = node.service_pid("gateway")
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmHWM")
+    return vm_kib(node.service_pid("gateway"), "VmHWM")
 
 
 def test_zstd_bomb_is_413_and_memory_stays_flat(node: RunningNode) -> None:

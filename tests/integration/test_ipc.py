@@ -26,6 +26,7 @@ import pytest
 from ron.ipc import CHUNK_SIZE, CallContext, IpcClient, IpcServer, StreamReply
 from ron.ipc.framing import BytesLike, FrameReader, encode
 from ron.proto.envelope import ErrorCode, RonError
+from support.rawipc import raw_exchange
 
 Handler = Callable[[dict[str, Any], CallContext], Awaitable[Any]]
 MiB = 1 << 20
@@ -74,27 +75,6 @@ def digest(seed: int, size: int) -> str:
     for piece in pattern(seed, size):
         h.update(piece)
     return h.hexdigest()
-
-
-async def raw_exchange(path: str, data: bytes) -> tuple[list[dict[str, Any]], bool]:
-    """Send raw bytes, read replies until the server closes; (replies, closed)."""
-    reader, writer = await asyncio.open_unix_connection(path)
-    with contextlib.suppress(ConnectionError):
-        writer.write(data)
-        writer.write_eof()  # so a partial frame cannot leave the server waiting for more
-        await writer.drain()
-    frames = FrameReader()
-    replies: list[dict[str, Any]] = []
-    try:
-        while True:
-            block = await reader.read(65536)
-            if not block:
-                break
-            replies += frames.feed(block)
-    except ConnectionResetError:
-        pass
-    writer.close()
-    return replies, True
 
 
 # ---- calls and errors -----------------------------------------------------------------

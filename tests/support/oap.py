@@ -80,13 +80,18 @@ def get_frame(
 
 
 class RawOap:
-    """One connection; :meth:`frame` returns the next frame the server sent."""
+    """One connection; :meth:`frame` returns the next frame the server sent.
+
+    ``received`` keeps every byte as it arrived, for checks the decoder would hide (it
+    clears reserved flag bits, as a receiver must).
+    """
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
         self.decoder = FrameDecoder()
         self.queued: list[Frame] = []
+        self.received = bytearray()
 
     @classmethod
     async def open(
@@ -111,6 +116,7 @@ class RawOap:
                 data = await self.reader.read(1 << 20)
                 if not data:
                     raise EOFError("the server closed the connection")
+                self.received += data
                 self.queued.extend(self.decoder.feed(data))
         return self.queued.pop(0)
 
@@ -140,6 +146,7 @@ class RawOap:
                     return True
                 if not data:
                     return True
+                self.received += data
                 self.queued.extend(self.decoder.feed(data))
 
     async def close(self) -> None:

@@ -13,7 +13,6 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import PurePosixPath
 from typing import Any, Protocol
 from urllib.parse import parse_qs
 
@@ -549,7 +548,8 @@ def split_object_path(rest: str) -> tuple[Address, str]:
         return addr, ""
     if "\x00" in rel or "\\" in rel or rel.startswith("/"):
         raise RonError(ErrorCode.BAD_REQUEST, "path leaves the bundle")
-    parts = PurePosixPath(rel).parts
+    # Split by hand: PurePosixPath drops "." and empty segments, so "./x" would pass.
+    parts = rel.split("/")
     if any(p in ("..", ".") for p in parts) or len(parts) != 1:
         raise RonError(ErrorCode.BAD_REQUEST, "path leaves the bundle")
     if rel != MANIFEST_NAME:

@@ -1,10 +1,13 @@
 """uvicorn's httptools protocol with the limits a public endpoint needs before the app runs.
 
-Two attacks never reach the ASGI app, so they must be stopped here:
+Three kinds of request never reach the ASGI app, so they must be answered here:
 - header floods: the request line plus headers may not exceed ``max_header_bytes``
   (431, then close), counted as they arrive, so memory stays bounded by one read;
 - slow-loris on headers: a request whose headers are not complete within
-  ``header_timeout_s`` of its first byte (or of the connection) gets 408 and is closed.
+  ``header_timeout_s`` of its first byte (or of the connection) gets 408 and is closed;
+- requests the HTTP parser refuses (raw non-ASCII bytes in the target, a negative
+  Content-Length, Content-Length with Transfer-Encoding): 400, closed, answered with the
+  error envelope like every other error instead of uvicorn's plain-text body.
 A slow client costs a socket and a timer, never a worker: the loop serves others.
 """
 
@@ -18,7 +21,11 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ron.proto.envelope import ErrorCode, envelope, new_corr_id
 
-_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+_REASONS = {
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    431: b"Request Header Fields Too Large",
+}
 
 
 def guarded_protocol(
@@ -57,14 +64,19 @@ def guarded_protocol(
                 self._refuse(408, ErrorCode.TIMEOUT, "request headers not received in time")
 
         def _refuse(self, status: int, code: ErrorCode, message: str) -> None:
-            body = json.dumps(envelope(code, message, new_corr_id())).encode()
+            corr = new_corr_id()
+            body = json.dumps(envelope(code, message, corr)).encode()
             head = (
                 b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
-                b"content-length: %d\r\nconnection: close\r\n\r\n"
-                % (status, _REASONS[status], len(body))
+                b"content-length: %d\r\nx-corr-id: %s\r\nconnection: close\r\n\r\n"
+                % (status, _REASONS[status], len(body), corr.encode())
             )
             self.transport.write(head + body)
             self.transport.close()
+
+        def send_400_response(self, msg: str) -> None:
+            # uvicorn's answer to a request its parser refused; ours is the envelope.
+            self._refuse(400, ErrorCode.BAD_REQUEST, "malformed HTTP request")
 
         def data_received(self, data: bytes) -> None:
             if self.transport.is_closing():

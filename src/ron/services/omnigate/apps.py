@@ -76,7 +76,7 @@ def json_request(request: OapRequest) -> dict[str, Any]:
     try:
         # Decoding first skips json's byte-encoding sniffing: this runs on every request.
         body = json.loads(request.payload.decode())
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting: a client's fault
         raise RonError(ErrorCode.BAD_REQUEST, "request payload is not JSON") from None
     if not isinstance(body, dict):
         raise RonError(ErrorCode.BAD_REQUEST, "request payload must be a JSON object")
