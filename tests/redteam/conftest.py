@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from support.node import RunningNode, run_node
-from support.redteam import CONFIG, GOOD_KEY, OBJECT
+from support.redteam import CONFIG, GOOD_KEY, OBJECT, good_auth
 
 
 @pytest.fixture(scope="package")
@@ -21,7 +21,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode]:
 @pytest.fixture(scope="package")
 def addr(node: RunningNode) -> str:
     """The address of ``OBJECT``, stored before any attack."""
-    headers = {"X-Api-Key": GOOD_KEY, **node.auth}
+    headers = {"X-Api-Key": GOOD_KEY, **good_auth(node)}
     reply = httpx.post(f"{node.http}/put", content=OBJECT, headers=headers, timeout=30)
     assert reply.status_code == 201, reply.text
     address: str = reply.json()["address"]

@@ -42,6 +42,7 @@ from support.redteam import (
     MEMORY_BOUND_KIB,
     OBJECT,
     READ_IDLE_S,
+    good_auth,
 )
 from support.waiting import wait_until_sync
 
@@ -50,7 +51,7 @@ SENTINEL = b"red-team sentinel: never served"
 
 def good(node: RunningNode) -> dict[str, str]:
     """Headers of the well-behaved tenant, with the owner's credentials."""
-    return {"X-Api-Key": GOOD_KEY, **node.auth}
+    return {"X-Api-Key": GOOD_KEY, **good_auth(node)}
 
 
 def good_lines(node: RunningNode) -> bytes:

@@ -27,7 +27,7 @@ import zstandard
 
 from ron.proto.oap import AppId, Flags, Frame, encode_frame
 from support.node import RunningNode
-from support.oap import RawOap, body, fresh_tenant, get_frame
+from support.oap import RawOap, body, fresh_tenant, get_frame, tenant_cap
 from support.procmem import vm_kib
 from support.redteam import IDLE_S, MAX_FRAME, MEMORY_BOUND_KIB, OBJECT
 from support.waiting import wait_until
@@ -68,8 +68,8 @@ def pid(node: RunningNode) -> int:
 
 
 def cap(node: RunningNode) -> bytes:
-    """The owner capability for START frames (empty while the node enforces none)."""
-    return (node.token or "").encode()
+    """A capability of a fresh tenant for START frames: its own quota bucket."""
+    return tenant_cap(node, fresh_tenant())
 
 
 def rejected(node: RunningNode, reason: str) -> float:
@@ -212,7 +212,13 @@ async def test_framing_errors_get_one_fatal_error_frame_and_a_close(
     # A len that lies short: its frame is whole (but its JSON cut: a 400 on corr 5), and
     # the rest of the JSON is read as the next header, whose len is far over max_frame.
     tenant = fresh_tenant()
-    short = header(33 + 5, flags=REQ | START | END, tenant=tenant, corr=5) + payload
+    token = cap(node)  # a valid capability, so what refuses corr 5 is its cut JSON
+    short = (
+        header(33 + len(token) + 5, flags=REQ | START | END, tenant=tenant, corr=5,
+               cap_len=len(token))
+        + token
+        + payload
+    )  # fmt: skip
     assert int.from_bytes(payload[5:9], "little") > MAX_FRAME
     blobs = [random.Random(seed).randbytes(4096) for seed in range(1, 6)]
     cases: list[tuple[bytes, int]] = [
@@ -443,9 +449,11 @@ async def test_ten_thousand_open_streams_on_one_connection(node: RunningNode, ad
     meanwhile; every START beyond gets 429 with retry_after_ms 1000. The attacker then
     falls silent and is cut at the idle deadline, its parked slots freed."""
     conn = await connect(node)
-    token = cap(node)
-    # Each START its own tenant, so its own quota bucket: only the stream limit refuses.
+    # Each admitted START its own tenant (a capability naming it), so its own quota
+    # bucket: only the stream limit refuses. Starts beyond the limit are refused before
+    # their capability is looked at, so they reuse one.
     starts = {corr: fresh_tenant() for corr in range(1, 10_001)}
+    tokens = {corr: tenant_cap(node, starts[corr]) for corr in range(1, 129)}
     try:
         conn.send(
             b"".join(
@@ -455,7 +463,7 @@ async def test_ten_thousand_open_streams_on_one_connection(node: RunningNode, ad
                         app_proto_id=AppId.STORAGE,
                         tenant_id=tenant,
                         corr_id=corr,
-                        cap=token,
+                        cap=tokens.get(corr, tokens[1]),
                         payload=b'{"op": "get", ',
                     )
                 )

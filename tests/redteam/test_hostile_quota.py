@@ -19,7 +19,7 @@ import pytest
 
 from ron.proto.oap import Flags
 from support.node import RunningNode
-from support.oap import RawOap, body, fresh_tenant, get_frame
+from support.oap import RawOap, body, fresh_tenant, get_frame, tenant_cap
 from support.procmem import vm_kib
 from support.redteam import (
     ABUSER_KEYS,
@@ -29,6 +29,7 @@ from support.redteam import (
     MEMORY_BOUND_KIB,
     OAP_STORAGE_RPS,
     OBJECT,
+    good_auth,
 )
 from support.waiting import wait_until_sync
 
@@ -70,7 +71,7 @@ def test_http_quota_storm_spares_the_well_behaved_tenant(node: RunningNode, addr
 
     def behave() -> list[bool]:
         ok: list[bool] = []
-        headers = {"X-Api-Key": GOOD_KEY, **node.auth}
+        headers = {"X-Api-Key": GOOD_KEY, **good_auth(node)}
         with httpx.Client(headers=headers, timeout=30) as client:
             for i in range(200):
                 if i % 50 == 0:
@@ -114,7 +115,6 @@ async def test_oap_quota_storm_spares_the_well_behaved_tenant(node: RunningNode,
     while one tenant sends its burst one request at a time: the abusers get their burst
     and 429 beyond it, the well-behaved tenant gets everything."""
     burst = int(OAP_STORAGE_RPS * 2)  # burst_factor 2
-    token = (node.token or "").encode()
     before = node.metric("quota_exhaustions_total", service="omnigate", route="storage")
 
     async def abuse(tenant: int) -> list[int]:
@@ -122,7 +122,7 @@ async def test_oap_quota_storm_spares_the_well_behaved_tenant(node: RunningNode,
         try:
             conn.send(
                 b"".join(
-                    get_frame(corr, addr=addr, tenant_id=tenant, cap=token)
+                    get_frame(corr, addr=addr, tenant_id=tenant, cap=tenant_cap(node, tenant))
                     for corr in range(1, 3 * burst + 1)
                 )
             )
@@ -145,7 +145,9 @@ async def test_oap_quota_storm_spares_the_well_behaved_tenant(node: RunningNode,
         try:
             ok = []
             for corr in range(1, burst + 1):
-                conn.send(get_frame(corr, addr=addr, tenant_id=tenant, cap=token))
+                conn.send(
+                    get_frame(corr, addr=addr, tenant_id=tenant, cap=tenant_cap(node, tenant))
+                )
                 frames = await conn.reply(corr)
                 assert frames[-1].flags & Flags.END
                 ok.append(frames[-1].code == 0 and b"".join(f.payload for f in frames) == OBJECT)

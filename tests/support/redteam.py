@@ -15,6 +15,8 @@ case). Limits are configured small or short so that crossing them is cheap and q
 
 from __future__ import annotations
 
+from typing import Any
+
 MAX_FRAME = 128 * 1024
 IDLE_S = 1.0
 OAP_STORAGE_RPS = 20.0  # burst 40 (burst_factor 2)
@@ -61,3 +63,15 @@ idle_timeout_s = {IDLE_S}
 max_inflight = 256
 storage_rps = {OAP_STORAGE_RPS}
 """
+
+
+_good: dict[str, str] = {}
+
+
+def good_auth(node: Any) -> dict[str, str]:
+    """Credentials of the well-behaved tenant: a token naming tenant ``good`` (its
+    configured quota applies to the token's tenant), minted once per node."""
+    key = str(node.data_dir)
+    if key not in _good:
+        _good[key] = node.mint("good")
+    return {"Authorization": f"Bearer {_good[key]}"}
