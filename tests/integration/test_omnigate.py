@@ -3,6 +3,7 @@ every stream error of OAP-1 §8.1, and the TLS rules (1.3 only, ALPN ron/1)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -217,6 +218,72 @@ async def test_mailbox_round_trip_over_oap(node: RunningNode) -> None:
         with pytest.raises(RonError) as unknown_op:
             await call({"op": "teleport"})
         assert unknown_op.value.status == 400
+
+
+async def test_mailbox_subscribe_pushes_events_until_the_client_ends_it(
+    node: RunningNode,
+) -> None:
+    """subscribe opens with RESP|START, pushes one RESP|EVENT|ACK_REQ per message as it
+    arrives (sent from another connection), and ends
+    with RESP|END when the client sends REQ|END; acked messages are gone."""
+    url, ca = node.urls["oap"], ca_file(node.data_dir)
+    async with (
+        await OapClient.connect(url, ca_file=ca, cap=node.token) as sub,
+        await OapClient.connect(url, ca_file=ca, cap=node.token) as pub,
+    ):
+        messages = sub.subscribe("oap-live", visibility_ms=30000, max_unacked=5)
+        first = asyncio.ensure_future(anext(messages))  # subscribed before anything is sent
+        for i in range(3):
+            await pub.request(AppId.MAILBOX, {"op": "send", "topic": "oap-live", "text": f"m{i}"})
+        got = [await first, await anext(messages), await anext(messages)]
+        assert [base64.b64decode(m["payload_b64"]) for m in got] == [b"m0", b"m1", b"m2"]
+        receipts = [m["receipt"] for m in got]
+        acked = json.loads(await pub.request(AppId.MAILBOX, {"op": "ack", "receipts": receipts}))
+        assert acked == {"acked": 3, "gone": 0}
+        await messages.aclose()  # REQ|END: the server ends the reply
+        stats = json.loads(await pub.request(AppId.MAILBOX, {"op": "stats", "topic": "oap-live"}))
+        assert stats["depth"] == 0 and stats["in_flight"] == 0
+        # The connection is still usable after the subscription ended.
+        assert await sub.hello()
+
+
+async def test_subscribe_raw_frames_are_start_events_end(node: RunningNode) -> None:
+    """On the wire: RESP|START, then RESP|EVENT|ACK_REQ per message, and RESP|END after
+    the client's REQ|END, all on the subscription's corr_id."""
+    conn = await raw(node)
+    try:
+        body = json.dumps({"op": "subscribe", "topic": "oap-wire"}).encode()
+        start = Frame(REQ | START, app_proto_id=AppId.MAILBOX, corr_id=21,
+                      cap=node.token.encode(), payload=body)  # fmt: skip
+        conn.send(encode_frame(start))
+        opened = await conn.frame()
+        assert opened.flags == RESP | START and opened.corr_id == 21
+        assert json.loads(opened.payload) == {"subscribed": "oap-wire"}
+        async with await OapClient.connect(
+            node.urls["oap"], ca_file=ca_file(node.data_dir), cap=node.token
+        ) as pub:
+            await pub.request(AppId.MAILBOX, {"op": "send", "topic": "oap-wire", "text": "x"})
+        event = await conn.frame()
+        assert event.flags == RESP | Flags.EVENT | Flags.ACK_REQ and event.corr_id == 21
+        assert base64.b64decode(json.loads(event.payload)["payload_b64"]) == b"x"
+        conn.send(encode_frame(Frame(REQ | END, app_proto_id=AppId.MAILBOX, corr_id=21)))
+        [last] = await conn.reply(21)
+        assert last.flags == RESP | END and last.code == 0
+    finally:
+        await conn.close()
+
+
+async def test_subscribe_needs_a_topic_it_may_use(node: RunningNode) -> None:
+    token = node.mint("chatter", topic="chat.*")
+    async with await OapClient.connect(
+        node.urls["oap"], ca_file=ca_file(node.data_dir), cap=token
+    ) as c:
+        with pytest.raises(RonError) as err:
+            await anext(c.subscribe("billing"))
+        assert err.value.status == 403
+        with pytest.raises(RonError) as bad:
+            await anext(c.subscribe("no spaces"))
+        assert bad.value.status in (400, 403)
 
 
 async def test_corrupted_object_never_arrives_complete(node: RunningNode, tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ import contextlib
 import json
 import os
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -237,6 +237,61 @@ class OapClient:
                 yield item.payload
         finally:
             self._replies.pop(corr_id, None)
+
+    async def subscribe(
+        self,
+        topic: str,
+        *,
+        visibility_ms: int | None = None,
+        max_unacked: int | None = None,
+        tenant_id: int = 0,
+        cap: bytes = b"",
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """Mailbox messages pushed as they arrive (OAP-1 §13 ``subscribe``).
+
+        Yields each message in the HTTP shape (``msg_id``, ``receipt``, ``payload_b64``,
+        ...); ack them with a ``{"op": "ack"}`` request. Leaving the loop (``break``,
+        ``aclose()``) sends ``REQ|END``, which ends the subscription on the server.
+        """
+        self._check()
+        body: dict[str, Any] = {"op": "subscribe", "topic": topic}
+        if visibility_ms is not None:
+            body["visibility_ms"] = visibility_ms
+        if max_unacked is not None:
+            body["max_unacked"] = max_unacked
+        corr_id, data = self._conn.start_request(
+            AppId.MAILBOX,
+            json.dumps(body).encode(),
+            tenant_id=tenant_id,
+            cap=cap or self.cap,
+            end=False,
+        )
+        queue: asyncio.Queue[_Part | RonError] = asyncio.Queue()
+        self._replies[corr_id] = queue
+        ended = False
+        try:
+            self._writer.write(data)
+            await self._writer.drain()
+            opening = True
+            while True:
+                item = await queue.get()
+                if isinstance(item, RonError):
+                    raise item
+                if item.end:
+                    ended = True
+                    if item.code:
+                        raise error_from_payload(item.code, item.payload)
+                    return
+                if opening:  # RESP|START {"subscribed": topic}
+                    opening = False
+                    continue
+                message: dict[str, Any] = json.loads(item.payload)
+                yield message
+        finally:
+            self._replies.pop(corr_id, None)
+            if not ended and self._failure is None:
+                with contextlib.suppress(Exception):
+                    self._writer.write(self._conn.send_data(corr_id, end=True))
 
     async def get(
         self,

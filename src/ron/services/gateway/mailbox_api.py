@@ -24,7 +24,7 @@ from ron.kernel.config import MAILBOX_HARD_MAX_PAYLOAD
 from ron.proto.envelope import ErrorCode, RonError
 from ron.services.base import ServiceContext
 from ron.services.gateway.v1 import corr_id_of, error_response
-from ron.services.mailbox.api import MailboxAPI
+from ron.services.mailbox.api import MailboxAPI, follow
 from ron.services.mailbox.jsonwire import (
     dead_letter_json,
     delivery_json,
@@ -300,29 +300,21 @@ async def sse_events(
     failures (the mailbox restarting) are retried: a subscription outlives a restart.
     """
     yield b": subscribed\n\n"
-    poll = first
-    backoff = 0.05
-    while True:
-        holding = [*poll.live, *(d.receipt for d in poll.deliveries)]
-        for delivery in poll.deliveries:
-            data = json.dumps(delivery_json(delivery), separators=(",", ":"))
-            yield f"id: {delivery.msg_id}\nevent: message\ndata: {data}\n\n".encode()
-        while True:
-            try:
-                poll = await mailbox.poll_subscription(
-                    topic, holding=holding, max_unacked=max_unacked, visibility_s=visibility_s
-                )
-                break
-            except RonError as exc:
-                if not exc.retryable:
-                    data = json.dumps(exc.envelope(corr_id), separators=(",", ":"))
-                    yield f"event: error\ndata: {data}\n\n".encode()
-                    return
-                await asyncio.sleep(backoff)  # the mailbox is restarting: nothing to wait on
-                backoff = min(backoff * 2, 2.0)
-        backoff = 0.05
-        if not poll.deliveries:
-            yield b": keepalive\n\n"
+    polls = follow(mailbox, topic, first=first, visibility_s=visibility_s, max_unacked=max_unacked)
+    opening = True
+    try:
+        async for deliveries in polls:
+            if not deliveries and not opening:
+                yield b": keepalive\n\n"
+            opening = False
+            for delivery in deliveries:
+                data = json.dumps(delivery_json(delivery), separators=(",", ":"))
+                yield f"id: {delivery.msg_id}\nevent: message\ndata: {data}\n\n".encode()
+    except RonError as exc:
+        data = json.dumps(exc.envelope(corr_id), separators=(",", ":"))
+        yield f"event: error\ndata: {data}\n\n".encode()
+    finally:
+        await polls.aclose()
 
 
 # ---- JSON shapes -------------------------------------------------------------------

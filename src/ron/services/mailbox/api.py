@@ -11,7 +11,7 @@ so every door refuses the same things with the same codes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import Protocol
 
 from ron.proto.envelope import RonError
@@ -138,3 +138,37 @@ async def subscription(
         holding = [*poll.live, *(d.receipt for d in poll.deliveries)]
         for delivery in poll.deliveries:
             yield delivery
+
+
+async def follow(
+    api: MailboxAPI,
+    topic: str,
+    *,
+    first: SubscriptionPoll,
+    visibility_s: float | None,
+    max_unacked: int | None,
+) -> AsyncGenerator[list[Delivery], None]:
+    """The deliveries of each poll of a subscription, starting with ``first``.
+
+    What a push front end (SSE, OAP subscribe) streams: an empty list is a poll that came
+    back with nothing (at least every 15 s: time for a heartbeat). Each poll tells the
+    mailbox which receipts are still held, for flow control. Retryable failures (the
+    mailbox restarting) are retried with backoff; any other error is raised.
+    """
+    poll = first
+    backoff = 0.05
+    while True:
+        holding = [*poll.live, *(d.receipt for d in poll.deliveries)]
+        yield list(poll.deliveries)
+        while True:
+            try:
+                poll = await api.poll_subscription(
+                    topic, holding=holding, max_unacked=max_unacked, visibility_s=visibility_s
+                )
+                break
+            except RonError as exc:
+                if not exc.retryable:
+                    raise
+                await asyncio.sleep(backoff)  # the mailbox is restarting: nothing to wait on
+                backoff = min(backoff * 2, 2.0)
+        backoff = 0.05

@@ -10,6 +10,7 @@ sees a socket.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import Awaitable, Callable
@@ -48,6 +49,8 @@ class OapRequest:
     grant: Grant | None = None
     """The verified capability (None on a node that does not enforce them)."""
     op: str = "-"
+    closed: asyncio.Event | None = None
+    """For a long-lived request (dispatched at START): set when the client sends END."""
 
 
 class Reply(Protocol):
@@ -65,6 +68,10 @@ class Reply(Protocol):
 
     def end(self, payload: bytes = b"") -> None:
         """The final ``RESP|END`` (code 0); for a streamed reply the payload is empty."""
+        ...
+
+    async def event(self, payload: bytes) -> None:
+        """One pushed item, ``RESP|EVENT|ACK_REQ`` (after the reply's ``RESP|START``)."""
         ...
 
 

@@ -17,7 +17,7 @@ import asyncio
 import dataclasses
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +48,9 @@ class App:
     """Start the handler inline in the connection's callback (no task until it first
     suspends). Only for handlers that need no task context before their first real
     wait (no ``asyncio.timeout``/``current_task`` at the start), like storage GET."""
+    long_lived: Callable[[bytes], bool] | None = None
+    """Whether a ``REQ|START`` without END (given its payload) opens a long-lived request
+    that is dispatched at once and ended by the client's END (mailbox subscribe)."""
 
 
 def _rate(settings: OmnigateConfig, app_proto_id: int) -> float | None:

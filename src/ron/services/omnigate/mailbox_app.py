@@ -9,7 +9,9 @@ until then it is refused with 400 and clients long-poll with ``recv`` + ``wait_m
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +19,7 @@ from typing import Any
 from ron.auth.guard import Guard
 from ron.auth.verifier import Grant
 from ron.proto.envelope import ErrorCode, RonError
-from ron.services.mailbox.api import MailboxAPI
+from ron.services.mailbox.api import MailboxAPI, follow
 from ron.services.mailbox.jsonwire import (
     dead_letter_json,
     delivery_json,
@@ -100,6 +102,9 @@ class MailboxApp:
         except KeyError:
             raise RonError(ErrorCode.NOT_FOUND, "this node runs no mailbox") from None
         topics = self._authorize(request.grant, body)
+        if body.get("op") == "subscribe":
+            await _subscribe(mailbox, body, request, reply)
+            return
         result = await self._dispatch(mailbox, body, topics)
         reply.end(json.dumps(result, separators=(",", ":")).encode())
 
@@ -194,6 +199,54 @@ class MailboxApp:
             ):
                 raise _bad("msg_ids must be a list of strings")
             return {"redriven": await mb.redrive(_str(body, "topic"), msg_ids=ids)}
-        if op == "subscribe":
-            raise _bad("subscribe over OAP is not available yet; use recv with wait_ms")
         raise _bad(f"unknown mailbox op {op!r}")
+
+
+def is_subscribe(payload: bytes) -> bool:
+    """Whether a ``REQ|START`` without END opens a subscription (dispatched at once)."""
+    try:
+        body = json.loads(payload)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return False
+    return isinstance(body, dict) and body.get("op") == "subscribe"
+
+
+async def _subscribe(
+    mb: MailboxAPI, body: dict[str, Any], request: OapRequest, reply: Reply
+) -> None:
+    """``RESP|START`` ``{"subscribed": topic}``, then one ``RESP|EVENT|ACK_REQ`` per
+    delivery (the HTTP message shape), until the client's ``REQ|END``; then ``RESP|END``.
+
+    The first poll does not wait: a bad topic or parameter is still a plain error frame.
+    A subscription sent as a one-shot ``REQ|START|END`` runs until the connection ends.
+    """
+    topic = _str(body, "topic")
+    visibility = _ms(body, "visibility_ms", None)
+    max_unacked = body.get("max_unacked")
+    if max_unacked is not None and (
+        isinstance(max_unacked, bool) or not isinstance(max_unacked, int)
+    ):
+        raise _bad("max_unacked must be an integer")
+    first = await mb.poll_subscription(
+        topic, max_unacked=max_unacked, visibility_s=visibility, wait_s=0
+    )
+    await reply.send(json.dumps({"subscribed": topic}).encode())
+    closed = request.closed or asyncio.Event()
+    ended = asyncio.ensure_future(closed.wait())
+    polls = follow(mb, topic, first=first, visibility_s=visibility, max_unacked=max_unacked)
+    try:
+        while True:
+            step = asyncio.ensure_future(anext(polls))
+            await asyncio.wait({step, ended}, return_when=asyncio.FIRST_COMPLETED)
+            if not step.done():
+                step.cancel()  # leases of a cancelled poll expire and are redelivered
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await step
+                break
+            for delivery in step.result():
+                payload = json.dumps(delivery_json(delivery), separators=(",", ":"))
+                await reply.event(payload.encode())
+    finally:
+        ended.cancel()
+        await polls.aclose()
+    reply.end()

@@ -29,6 +29,7 @@ from ron.proto.envelope import ErrorCode, RonError, new_corr_id
 from ron.proto.oap import (
     FIXED,
     STORAGE_CHUNK,
+    Flags,
     Hello,
     LocalProtocolError,
     ProtocolError,
@@ -84,6 +85,7 @@ class _Request:
         "app",
         "cancel_status",
         "done",
+        "holds_slot",
         "nbytes_in",
         "nbytes_out",
         "parts",
@@ -100,6 +102,7 @@ class _Request:
         self.task: asyncio.Task[None] | None = None
         self.cancel_status = CLIENT_GONE
         self.done = False
+        self.holds_slot = True
         self.nbytes_in = len(req.payload)
         self.nbytes_out = 0
 
@@ -146,6 +149,16 @@ class _Reply:
         header = bytearray(self._proto.conn.send_response(self._request.req, b"", end=False))
         _LEN.pack_into(header, 0, FIXED + size)
         return bytes(header)
+
+    async def event(self, payload: bytes) -> None:
+        if self.ended:
+            raise LocalProtocolError("the reply has already ended")
+        proto = self._proto
+        flags = Flags.EVENT | Flags.ACK_REQ
+        proto.write(proto.conn.send_response(self._request.req, payload, end=False, flags=flags))
+        self._request.nbytes_out += len(payload)
+        if proto.paused:
+            await proto.wait_writable()
 
     def end(self, payload: bytes = b"") -> None:
         if self.ended:
@@ -407,6 +420,14 @@ class OapServerProtocol(asyncio.Protocol):
         self._requests[event.corr_id] = request
         if event.end:
             self._dispatch(request)
+        elif app.long_lived is not None and app.long_lived(event.payload):
+            # A subscription: it runs from its START until the client's END (or the
+            # connection) ends it. It gives its in-flight slot back at once: it waits far
+            # more than it works, and the mailbox bounds how many may wait.
+            req.closed = asyncio.Event()
+            request.holds_slot = False
+            gate.release()
+            self._dispatch(request)
         else:
             request.parts = [event.payload]
 
@@ -418,6 +439,9 @@ class OapServerProtocol(asyncio.Protocol):
 
     def _on_end(self, event: RequestEnded) -> None:
         request = self._requests.get(event.corr_id)
+        if request is not None and request.req.closed is not None:
+            request.req.closed.set()  # the client cancels its subscription
+            return
         if request is not None and request.parts is not None:
             request.req.payload = b"".join(request.parts)
             request.parts = None
@@ -498,7 +522,8 @@ class OapServerProtocol(asyncio.Protocol):
         request.done = True
         if self._requests.get(request.req.corr_id) is request:
             del self._requests[request.req.corr_id]
-        self._gate.release()
+        if request.holds_slot:
+            self._gate.release()
         self._gate.record(
             request.app.name,
             request.req.op,

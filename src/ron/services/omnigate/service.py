@@ -24,7 +24,7 @@ from ron.services.base import Service, ServiceContext
 from ron.services.index.service import index_path
 from ron.services.omnigate.apps import StorageApp
 from ron.services.omnigate.gate import App, Gate
-from ron.services.omnigate.mailbox_app import MailboxApp
+from ron.services.omnigate.mailbox_app import MailboxApp, is_subscribe
 from ron.services.omnigate.server import OapServerProtocol
 from ron.services.omnigate.tls import TlsFiles, ensure_dev_certs, server_context
 from ron.services.overlay.reader import ContentReader, QuarantineReporter
@@ -81,7 +81,9 @@ class OmnigateService(Service):
                 "storage", StorageApp(self.reader, self._tiles_root, self.guard), eager=True
             ),
             AppId.MAILBOX: App(
-                "mailbox", MailboxApp(lambda: self._ctx.peers.get("mailbox"), self.guard)
+                "mailbox",
+                MailboxApp(lambda: self._ctx.peers.get("mailbox"), self.guard),
+                long_lived=is_subscribe,
             ),
         }
 
