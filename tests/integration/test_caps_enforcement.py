@@ -204,6 +204,54 @@ def test_tenant_of_the_token_is_the_quota_tenant(node: RunningNode) -> None:
     assert token not in node.logs()
 
 
+# --- private bundles --------------------------------------------------------------------
+
+
+def test_a_private_bundle_is_served_to_token_holders_only(node: RunningNode) -> None:
+    reply = httpx.post(
+        f"{node.http}/put?private=true", content=b"for my eyes", headers=node.auth, timeout=30
+    )
+    assert reply.status_code == 201 and reply.json()["private"] is True
+    addr = reply.json()["address"]
+    url = f"{node.http}/o/{addr}"
+    refused(httpx.get(url, timeout=10), 401)
+    refused(httpx.get(f"{url}/Manifest.toml", timeout=10), 401)
+    got = httpx.get(url, headers=node.auth, timeout=10)
+    assert got.content == b"for my eyes"
+    assert got.headers["cache-control"].startswith("private")
+    other = put(node, b"someone else's", node.auth).json()["address"]
+    refused(httpx.get(url, headers=bearer(mint(node, addr=other)), timeout=10), 403)
+    assert httpx.get(url, headers=bearer(mint(node, addr=addr)), timeout=10).status_code == 200
+    # The first PUT decided: the same bytes put publicly stay private.
+    again = put(node, b"for my eyes", node.auth).json()
+    assert again["address"] == addr and again["private"] is True
+
+
+async def test_a_private_bundle_over_oap_needs_a_grant_that_covers_it(node: RunningNode) -> None:
+    async with httpx.AsyncClient(timeout=30) as http:
+        reply = await http.post(
+            f"{node.http}/put?private=1", content=b"private over oap", headers=node.auth
+        )
+    addr = reply.json()["address"]
+    async with await oap(node, mint(node, addr=addr)) as c:
+        assert await c.request(AppId.STORAGE, {"op": "get", "addr": addr}) == b"private over oap"
+    async with await oap(node, mint(node, path="/o/b3:0")) as c:
+        with pytest.raises(RonError) as err:
+            await c.request(AppId.STORAGE, {"op": "get", "addr": addr})
+        assert err.value.code is ErrorCode.FORBIDDEN
+
+
+def test_a_public_put_of_bytes_asked_private_later_says_they_stay_public(node: RunningNode) -> None:
+    addr = put(node, b"already public", node.auth).json()["address"]
+    reply = httpx.post(
+        f"{node.http}/put?private=1", content=b"already public", headers=node.auth, timeout=30
+    )
+    assert reply.json() == {**reply.json(), "address": addr, "private": False}
+    assert httpx.get(f"{node.http}/o/{addr}", timeout=10).status_code == 200
+    bad = httpx.post(f"{node.http}/put?private=maybe", content=b"x", headers=node.auth, timeout=30)
+    assert bad.status_code == 400
+
+
 # --- attenuation ------------------------------------------------------------------------
 
 

@@ -161,6 +161,11 @@ class _Sink:
             self._file.close()
 
 
+PRIVATE_MARKER = "PRIVATE"
+"""An empty file in a bundle: its content is served only to capability holders
+(docs/specs/BUNDLES.md). Set by the PUT that created the bundle; never changed later."""
+
+
 class BundleWriter:
     """Build one bundle from a stream of chunks, then publish it atomically.
 
@@ -192,7 +197,9 @@ class BundleWriter:
         relations: Relations | None = None,
         payment: Payment | None = None,
         ext: Mapping[str, Mapping[str, str]] | None = None,
+        private: bool = False,
     ) -> None:
+        self._private = private
         self._data_dir = Path(data_dir)
         self._tld = DEFAULT_TLD if tld is None else normalize_tld(tld)
         self._mime = mime
@@ -318,6 +325,9 @@ class BundleWriter:
             manifest_sink.write(manifest.render().encode("utf-8"))
         finally:
             manifest_sink.close(sync=True)
+        if self._private:
+            # In the staging directory, so the bundle is never visible without it.
+            _Sink(self._staging / PRIVATE_MARKER).close(sync=True)
         fsync_dir(self._staging)
         return manifest
 

@@ -20,6 +20,7 @@ from ron.auth.guard import Guard
 from ron.auth.verifier import Grant, bearer_token
 from ron.kernel.metrics import CONTENT_TYPE, Metrics, status_class
 from ron.proto.address import Address, parse_address
+from ron.proto.bundle import PRIVATE_MARKER
 from ron.proto.envelope import ErrorCode, RonError, sane_corr_id
 from ron.proto.httpsem import (
     RangeNotSatisfiable,
@@ -51,6 +52,7 @@ from ron.services.storage.store import IntegrityError, ObjectStore
 log = logging.getLogger("ron.gateway")
 
 IMMUTABLE = b"public, max-age=31536000, immutable"
+PRIVATE_IMMUTABLE = b"private, max-age=31536000, immutable"
 MANIFEST_CACHE = b"public, max-age=60"
 MANIFEST_NAME = "Manifest.toml"
 
@@ -312,12 +314,15 @@ class GatewayApp:
         info = self.reader.stat(addr)
         manifest = info.manifest
         etag = f'"b3:{info.hex}"'.encode()
+        if info.private and scope["state"].get("grant") is None:
+            # (a presented token was already checked against this path and address)
+            raise RonError(ErrorCode.UNAUTHORIZED, "this object is private: a token is required")
         if rel == MANIFEST_NAME:
             await self._serve_manifest(scope, send, info, etag, head)
             return
         base: Headers = [
             (b"etag", etag),
-            (b"cache-control", IMMUTABLE),
+            (b"cache-control", PRIVATE_IMMUTABLE if info.private else IMMUTABLE),
             (b"vary", b"Accept-Encoding"),
         ]
         pay_headers = self._payment(manifest)
@@ -421,7 +426,7 @@ class GatewayApp:
             raise RonError(ErrorCode.NOT_FOUND, "object vanished") from None
         base: Headers = [
             (b"etag", etag),
-            (b"cache-control", MANIFEST_CACHE),
+            (b"cache-control", b"private, max-age=60" if info.private else MANIFEST_CACHE),
             (b"vary", b"Accept-Encoding"),
         ]
         inm = header(scope, b"if-none-match")
@@ -468,6 +473,7 @@ class GatewayApp:
         filename = (query.get("filename") or [None])[0]
         license_ = (query.get("license") or [None])[0]
         parent = (query.get("parent") or [None])[0]
+        private = _flag((query.get("private") or [None])[0], "private")
         relations = Relations(parent=parse_address(parent)) if parent else None
         mime = (header(scope, b"content-type") or "application/octet-stream").split(";")[0]
         cap = self.settings.max_put_bytes
@@ -523,6 +529,7 @@ class GatewayApp:
             license=license_,
             relations=relations,
             max_bytes=cap,
+            private=private,
         )
         if admitted is not None and declared is None:
             with contextlib.suppress(RonError):  # already received: charge, never refuse
@@ -532,12 +539,26 @@ class GatewayApp:
         address = manifest.address.canonical
         location = f"/o/{manifest.address.with_tld if tld else address}"
         reply = {"address": address, "bytes": manifest.bytes, "tld": manifest.tld}
+        actual = (self.store.bundle_dir(manifest.address) / PRIVATE_MARKER).exists()
+        if private or actual:
+            # The first PUT of these bytes decided; a private PUT of bytes already public
+            # learns here that they stay public.
+            reply["private"] = actual
         await respond(
             send,
             201,
             [(b"content-type", b"application/json"), (b"location", location.encode())],
             json_body(reply),
         )
+
+
+def _flag(value: str | None, name: str) -> bool:
+    """A boolean query parameter: absent, ``0``/``false`` or ``1``/``true``."""
+    if value is None or value in ("0", "false"):
+        return False
+    if value in ("1", "true"):
+        return True
+    raise RonError(ErrorCode.BAD_REQUEST, f"{name} must be true or false")
 
 
 def split_object_path(rest: str) -> tuple[Address, str]:

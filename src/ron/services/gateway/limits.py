@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import blake3
 
@@ -28,13 +28,26 @@ ANONYMOUS = "anon"
 
 @dataclass(frozen=True)
 class Tenant:
-    """The tenant a request counts against, and its effective quota."""
+    """The tenant a request counts against, and its effective quota.
+
+    The bucket keys and the ``RateLimit-Policy`` value depend on the tenant alone, so
+    they are made once here rather than on every request."""
 
     id: str
     rps: float
     burst: float
     bytes_per_s: float
     bytes_burst: float
+    request_key: str = field(init=False, repr=False, compare=False)
+    bytes_key: str = field(init=False, repr=False, compare=False)
+    policy: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        window = max(1, math.ceil(self.burst / self.rps))
+        policy = f'"requests";q={math.floor(self.burst)};w={window}'.encode()
+        object.__setattr__(self, "request_key", f"r:{self.id}")
+        object.__setattr__(self, "bytes_key", f"b:{self.id}")
+        object.__setattr__(self, "policy", policy)
 
 
 class TenantResolver:
@@ -106,7 +119,7 @@ class Quotas:
     def admit(self, tenant: Tenant, now: float | None = None) -> Verdict:
         """Charge one request; raises quota_exhausted (429) with Retry-After when empty."""
         now = time.monotonic() if now is None else now
-        verdict = self.buckets.take(f"r:{tenant.id}", 1.0, tenant.rps, tenant.burst, now)
+        verdict = self.buckets.take(tenant.request_key, 1.0, tenant.rps, tenant.burst, now)
         if not verdict.allowed:
             raise QuotaExhausted(tenant, verdict, "request rate")
         return verdict
@@ -115,7 +128,7 @@ class Quotas:
         """Charge bytes to the byte bucket (debt allowed); refuse when already in debt."""
         now = time.monotonic() if now is None else now
         verdict = self.buckets.take(
-            f"b:{tenant.id}", float(nbytes), tenant.bytes_per_s, tenant.bytes_burst, now
+            tenant.bytes_key, float(nbytes), tenant.bytes_per_s, tenant.bytes_burst, now
         )
         if not verdict.allowed:
             raise QuotaExhausted(tenant, verdict, "bandwidth")
@@ -136,7 +149,5 @@ class QuotaExhausted(RonError):
 
 def ratelimit_headers(tenant: Tenant, verdict: Verdict) -> list[tuple[bytes, bytes]]:
     """``RateLimit-Policy`` and ``RateLimit`` (draft-ietf-httpapi-ratelimit-headers)."""
-    window = max(1, math.ceil(tenant.burst / tenant.rps))
-    policy = f'"requests";q={math.floor(tenant.burst)};w={window}'
     state = f'"requests";r={math.floor(verdict.remaining)};t={max(0, math.ceil(verdict.reset))}'
-    return [(b"ratelimit-policy", policy.encode()), (b"ratelimit", state.encode())]
+    return [(b"ratelimit-policy", tenant.policy), (b"ratelimit", state.encode())]

@@ -124,7 +124,7 @@ class StorageApp:
                 raise RonError(ErrorCode.BAD_REQUEST, '"addr" must be a string')
             if self._guard is not None:
                 self._guard.authorize(request.grant, method="GET", path=f"/o/{addr}", addr=addr)
-            await self._by_address(addr, reply)
+            await self._by_address(addr, reply, request.grant is not None)
         else:
             if not isinstance(path, str):
                 raise RonError(ErrorCode.BAD_REQUEST, '"path" must be a string')
@@ -143,8 +143,10 @@ class StorageApp:
             self._parsed[text] = addr
         return addr
 
-    async def _by_address(self, text: str, reply: Reply) -> None:
+    async def _by_address(self, text: str, reply: Reply, authorized: bool) -> None:
         info = self._reader.stat(self._parse(text))
+        if info.private and not authorized:
+            raise RonError(ErrorCode.UNAUTHORIZED, "this object is private: a token is required")
         if self._reader.is_small(info):
             data = await self._reader.read_small(info)
             await _send_bytes(data, reply)

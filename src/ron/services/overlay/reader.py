@@ -24,6 +24,7 @@ import blake3
 
 from ron.kernel.metrics import Metrics
 from ron.proto.address import Address
+from ron.proto.bundle import PRIVATE_MARKER
 from ron.proto.envelope import ErrorCode, RonError
 from ron.proto.manifest import Manifest
 from ron.services.base import PeerResolver
@@ -86,6 +87,11 @@ class ObjectInfo:
     @property
     def payload(self) -> Path:
         return self.bundle / self.manifest.stored_filename
+
+    @cached_property
+    def private(self) -> bool:
+        """Marked private when it was stored: served only to capability holders."""
+        return (self.bundle / PRIVATE_MARKER).exists()
 
     @cached_property
     def payload_path(self) -> str:

@@ -98,6 +98,7 @@ class ObjectStore:
         license: str | None = None,
         relations: Relations | None = None,
         max_bytes: int | None = None,
+        private: bool = False,
     ) -> tuple[Manifest, bool]:
         """Stream ``chunks`` into a new bundle; returns (manifest, created).
 
@@ -112,6 +113,7 @@ class ObjectStore:
             original_filename=original_filename or "",
             license=license,
             relations=relations,
+            private=private,
         )
         with writer:
             pending: list[bytes] = []
