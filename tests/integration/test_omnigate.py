@@ -92,7 +92,7 @@ async def test_raw_hello_vector_over_tls_gets_resp_end_with_max_frame(node: Runn
         assert (frame.app_proto_id, frame.tenant_id, frame.corr_id) == (0, 0, 0)
         info = body(frame)
         assert info["max_frame"] == 1048576
-        assert info["max_inflight"] == 128
+        assert info["max_inflight"] == 256
         assert info["oap_versions"] == [1]
         assert info["transports"] == ["tcp+tls"]
         assert set(info["supported_flags"]) == {"EVENT", "ACK_REQ", "COMP", "APP_E2E"}

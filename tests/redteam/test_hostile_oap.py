@@ -415,10 +415,11 @@ async def test_comp_bombs_and_broken_zstd_are_refused_on_their_stream(
 async def test_comp_frames_within_the_rails_still_hit_the_stream_byte_budget(
     node: RunningNode,
 ) -> None:
-    """Each frame expands 9:1 to just under 1 MB (legal alone); 17 of them pass the 16 MiB
-    per-stream budget: one 413, the rest of the stream is dropped unanswered."""
+    """Each frame expands 9:1 to just under 1 MB (legal alone); 5 of them pass the 4 MiB
+    per-stream budget (the default): one 413, the rest of the stream is dropped
+    unanswered."""
     packed, size = _near_limit_bomb(1_000_000, content_size=True)
-    assert size <= 8 * MAX_FRAME and 17 * size > 16 * 1024 * 1024
+    assert size <= 8 * MAX_FRAME and 5 * size > 4 * 1024 * 1024
     tenant = fresh_tenant()
     frames = [(REQ | START | COMP, cap(node))]
     frames += [(REQ | COMP, b"")] * 18 + [(REQ | END | COMP, b"")]

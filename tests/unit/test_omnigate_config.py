@@ -13,10 +13,10 @@ def test_defaults_are_the_reference_ones() -> None:
     o = load_config().omnigate
     assert o.tls is True
     assert (o.cert_file, o.key_file, o.ca_file, o.tiles_root) == (None, None, None, None)
-    assert o.max_frame == 1_048_576 and o.max_inflight == 128 and o.max_streams == 128
+    assert o.max_frame == 1_048_576 and o.max_inflight == 256 and o.max_streams == 128
     assert (o.storage_rps, o.mailbox_rps, o.burst_factor) == (50.0, 100.0, 2.0)
     assert (o.handshake_timeout_s, o.idle_timeout_s, o.write_timeout_s) == (2.0, 15.0, 10.0)
-    assert (o.max_stream_frames, o.max_stream_bytes) == (4096, 16 * 1024 * 1024)
+    assert (o.max_stream_frames, o.max_stream_bytes) == (4096, 4 * 1024 * 1024)
 
 
 def test_environment_overrides() -> None:

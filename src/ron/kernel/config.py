@@ -177,10 +177,13 @@ class OmnigateConfig:
     key_file: Path | None = None
     ca_file: Path | None = None
     max_frame: int = 1_048_576
-    max_inflight: int = 128
+    # Twice max_streams, so that one connection at its stream limit cannot hold every
+    # slot; max_stream_bytes bounds what an unfinished request may buffer (the largest
+    # request any application takes, a mailbox batch, is about 1.5 MiB as JSON).
+    max_inflight: int = 256
     max_streams: int = 128
     max_stream_frames: int = 4096
-    max_stream_bytes: int = 16 * 1024 * 1024
+    max_stream_bytes: int = 4 * 1024 * 1024
     storage_rps: float = 50.0
     mailbox_rps: float = 100.0
     burst_factor: float = 2.0
