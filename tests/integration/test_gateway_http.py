@@ -311,6 +311,14 @@ def test_corrupted_small_payload_is_never_served(node: RunningNode) -> None:
     assert node.metric("integrity_failures_total", kind="payload") == before + 1
     # The bundle is quarantined: the next request no longer finds it.
     wait_until_sync(lambda: get(node, f"/o/{addr}").status_code == 404, 10, "quarantine")
+    # ...and the audit log says so, naming the address.
+    log = node.data_dir / "audit" / "audit.jsonl"
+
+    def audited() -> bool:
+        records = [json.loads(line) for line in log.read_text().splitlines()]
+        return any(r["event"] == "quarantine" and r["data"]["address"] == addr for r in records)
+
+    wait_until_sync(audited, 10, "the quarantine's audit record")
 
 
 def test_corrupted_large_payload_is_never_delivered_complete(node: RunningNode) -> None:
