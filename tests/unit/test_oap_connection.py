@@ -413,3 +413,11 @@ def test_pushed_events_arrive_as_response_data() -> None:
     assert isinstance(pushed, ResponseData)
     assert pushed.is_event
     assert pushed.flags & Flags.ACK_REQ
+
+
+def test_a_hostile_server_cannot_crash_a_client_with_deeply_nested_json() -> None:
+    """An error frame whose payload nests 100,000 arrays still becomes a RonError chosen
+    by the frame's status: the client's parser must not die of recursion."""
+    nested = b"[" * 100_000 + b"]" * 100_000
+    err = error_from_payload(503, nested)
+    assert isinstance(err, RonError) and err.code is ErrorCode.UNAVAILABLE

@@ -266,7 +266,7 @@ def decode_envelope(body: bytes) -> dict[str, Any]:
         return {}
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # hostile nesting, too
         return {}
     if not isinstance(data, dict) or not isinstance(data.get("code"), str):
         return {}

@@ -124,7 +124,7 @@ def _headers(data: Mapping[str, Any]) -> dict[str, str]:
 def json_object(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # hostile nesting, too
         raise ProtocolMismatch("reply is not JSON") from None
     if not isinstance(data, dict):
         raise ProtocolMismatch("reply is not a JSON object")

@@ -198,7 +198,7 @@ def error_from_payload(code: int, payload: bytes) -> RonError:
     """
     try:
         body = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # hostile nesting, too
         body = None
     if not isinstance(body, dict):
         body = {}
@@ -682,6 +682,6 @@ def _client_error(frame: Frame, message: str) -> ProtocolError:
 def _json_object(payload: bytes) -> dict[str, Any]:
     try:
         body = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # hostile nesting, too
         return {}
     return body if isinstance(body, dict) else {}

@@ -609,12 +609,17 @@ class MailboxClient:
             data = await self._ipc.call("receive", args, timeout=_CALL_TIMEOUT)
         return [Delivery.from_wire(d) for d in data]
 
-    async def ack(self, receipts: Sequence[str], *, topics: Sequence[str] | None = None) -> Settled:
-        args: dict[str, Any] = {"receipts": list(receipts)}
+    async def _settle(
+        self, op: str, receipts: Sequence[str], topics: Sequence[str] | None, **extra: Any
+    ) -> Settled:
+        """ack, nack and extend: the receipts, the caller's topic caveats, the op's own."""
+        args: dict[str, Any] = {"receipts": list(receipts), **extra}
         if topics is not None:
             args["topics"] = list(topics)
-        data = await self._ipc.call("ack", args, timeout=_CALL_TIMEOUT)
-        return Settled.from_wire(data)
+        return Settled.from_wire(await self._ipc.call(op, args, timeout=_CALL_TIMEOUT))
+
+    async def ack(self, receipts: Sequence[str], *, topics: Sequence[str] | None = None) -> Settled:
+        return await self._settle("ack", receipts, topics)
 
     async def nack(
         self,
@@ -623,11 +628,7 @@ class MailboxClient:
         delay_s: float = 0.0,
         topics: Sequence[str] | None = None,
     ) -> Settled:
-        args: dict[str, Any] = {"receipts": list(receipts), "delay_s": delay_s}
-        if topics is not None:
-            args["topics"] = list(topics)
-        data = await self._ipc.call("nack", args, timeout=_CALL_TIMEOUT)
-        return Settled.from_wire(data)
+        return await self._settle("nack", receipts, topics, delay_s=delay_s)
 
     async def extend(
         self,
@@ -636,11 +637,7 @@ class MailboxClient:
         visibility_s: float,
         topics: Sequence[str] | None = None,
     ) -> Settled:
-        args: dict[str, Any] = {"receipts": list(receipts), "visibility_s": visibility_s}
-        if topics is not None:
-            args["topics"] = list(topics)
-        data = await self._ipc.call("extend", args, timeout=_CALL_TIMEOUT)
-        return Settled.from_wire(data)
+        return await self._settle("extend", receipts, topics, visibility_s=visibility_s)
 
     async def delete(self, topic: str, msg_id: str) -> bool:
         return bool(
