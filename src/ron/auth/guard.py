@@ -23,7 +23,11 @@ from ron.auth.verifier import Grant, Verifier
 from ron.kernel.config import CapsConfig
 from ron.proto.envelope import ErrorCode, RonError
 
-__all__ = ["Guard"]
+__all__ = ["REFRESH_EVERY_S", "Guard"]
+
+REFRESH_EVERY_S = 0.1
+"""A revocation or rotation made by the CLI or another process applies to every request
+this long after it at the latest (CAPABILITIES.md §5)."""
 
 
 class Guard:
@@ -38,6 +42,7 @@ class Guard:
     ) -> None:
         self.caps = caps
         self.verifier = Verifier.from_data_dir(data_dir, overlap_s=caps.rotation_overlap_s)
+        self.verifier.refresh_every_s = REFRESH_EVERY_S
         self._paths = AuthPaths(data_dir)
         self._audience: str | None = None
         self._on_refusal = on_refusal or (lambda reason: None)

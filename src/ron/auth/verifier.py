@@ -150,8 +150,14 @@ class Verifier:
         *,
         overlap_s: float,
         clock: Callable[[], float] = time.time,
+        refresh_every_s: float = 0.0,
     ) -> None:
         self.keyring = keyring
+        # How stale the keyring and revocation list may be: checking their files costs
+        # two stat calls, a large share of a small request. A token under a key this
+        # process has not seen yet forces a check at once.
+        self.refresh_every_s = refresh_every_s
+        self._next_refresh = 0.0
         self.revocations = revocations
         self.overlap_s = overlap_s
         self._clock = clock
@@ -175,11 +181,11 @@ class Verifier:
 
     @property
     def revocation_seq(self) -> int:
-        self._refresh()
+        self._refresh(force=True)
         return self.revocations.seq
 
     def revocations_since(self, n: int) -> list[RevocationEntry]:
-        self._refresh()
+        self._refresh(force=True)
         return self.revocations.entries_since(n)
 
     # --- checking ---------------------------------------------------------------------
@@ -251,6 +257,9 @@ class Verifier:
             return cached
         parsed = Token.parse(token)
         key = self.keyring.get(parsed.key_id)
+        if key is None and self.refresh_every_s:
+            self._refresh(force=True)  # minted under a key rotated in since the last look
+            key = self.keyring.get(parsed.key_id)
         if key is None:
             raise _unauthorized("invalid token: unknown key")
         if not parsed.signed_by(bytes(key.secret)):
@@ -264,12 +273,18 @@ class Verifier:
         """Drop cached tokens (amnesia wipe; tests)."""
         self._verified.clear()
 
-    def _refresh(self) -> None:
-        """Pick up rotations and revocations made by other processes.
+    def _refresh(self, *, force: bool = False) -> None:
+        """Pick up rotations and revocations made by other processes (at most every
+        ``refresh_every_s`` unless ``force``).
 
         A file that became unusable is logged once and the last good state kept: a
         half-understood file must not silently drop keys or revocations.
         """
+        if self.refresh_every_s and not force:
+            now = time.monotonic()
+            if now < self._next_refresh:
+                return
+            self._next_refresh = now + self.refresh_every_s
         for source in (self.keyring, self.revocations):
             try:
                 source.refresh()
