@@ -18,9 +18,11 @@ from typing import Any
 
 from ron.auth.owner import read_owner_token
 
-__all__ = ["DEFAULT_DATA_DIR", "local_data_dir", "node_info", "owner_token_for"]
+__all__ = ["DEFAULT_DATA_DIR", "NODE_FILE", "local_data_dir", "owner_token_for", "read_node_file"]
 
 DEFAULT_DATA_DIR = Path(".ron")
+NODE_FILE = "node.json"
+"""Written by the kernel once its listeners are bound; removed when it stops."""
 
 
 def local_data_dir(data_dir: Path | None = None) -> Path:
@@ -31,10 +33,10 @@ def local_data_dir(data_dir: Path | None = None) -> Path:
     return Path(env) if env else DEFAULT_DATA_DIR
 
 
-def node_info(data_dir: Path) -> dict[str, Any] | None:
-    """The running node's ``node.json`` (pid, urls); None when no node runs there."""
+def read_node_file(data_dir: Path) -> dict[str, Any] | None:
+    """The running node's pid and URLs, as written at start; None when no node ran here."""
     try:
-        data = json.loads((data_dir / "node.json").read_text())
+        data = json.loads((data_dir / NODE_FILE).read_text())
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
@@ -43,7 +45,7 @@ def node_info(data_dir: Path) -> dict[str, Any] | None:
 def owner_token_for(url: str, data_dir: Path | None = None) -> str | None:
     """The owner token, if ``url`` is one of the local node's own URLs; else None."""
     where = local_data_dir(data_dir)
-    info = node_info(where)
+    info = read_node_file(where)
     if info is None:
         return None
     urls = info.get("urls")

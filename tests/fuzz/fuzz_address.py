@@ -29,7 +29,6 @@ pins the fix.
 from __future__ import annotations
 
 import dataclasses
-import sys
 
 from ron.proto.address import (
     MAX_ADDRESS_LEN,
@@ -108,14 +107,7 @@ def accepts(data: bytes) -> bool:
     return _parse(data.decode("utf-8", "surrogateescape")) is not None
 
 
-def main() -> None:
-    """Fuzz with atheris; imported here so the tests can load this module without it."""
-    import atheris  # type: ignore[import-untyped, import-not-found, unused-ignore]
-
-    atheris.instrument_all()
-    atheris.Setup(sys.argv, one_input)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    from atheris_entry import fuzz  # beside this file: run as a script, it is on sys.path
+
+    fuzz(one_input)

@@ -26,7 +26,6 @@ test pins the fix.
 from __future__ import annotations
 
 import dataclasses
-import sys
 import tomllib
 from typing import Any
 
@@ -129,14 +128,7 @@ def accepts(data: bytes) -> bool:
     return _parse(data) is not None
 
 
-def main() -> None:
-    """Fuzz with atheris; imported here so the tests can load this module without it."""
-    import atheris  # type: ignore[import-untyped, import-not-found, unused-ignore]
-
-    atheris.instrument_all()
-    atheris.Setup(sys.argv, one_input)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    from atheris_entry import fuzz  # beside this file: run as a script, it is on sys.path
+
+    fuzz(one_input)

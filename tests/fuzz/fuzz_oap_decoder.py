@@ -22,7 +22,6 @@ pins the fix.
 from __future__ import annotations
 
 import contextlib
-import sys
 
 from ron.proto.envelope import ErrorCode, RonError
 from ron.proto.oap import (
@@ -104,14 +103,7 @@ def one_input(data: bytes) -> None:
     server.send_error(Frame(Flags(0)), RonError(ErrorCode.INTERNAL, "bye"), "fuzz")
 
 
-def main() -> None:
-    """Fuzz with atheris; imported here so the tests can load this module without it."""
-    import atheris  # type: ignore[import-untyped, import-not-found, unused-ignore]
-
-    atheris.instrument_all()
-    atheris.Setup(sys.argv, one_input)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    from atheris_entry import fuzz  # beside this file: run as a script, it is on sys.path
+
+    fuzz(one_input)

@@ -28,8 +28,6 @@ pins the fix.
 
 from __future__ import annotations
 
-import sys
-
 from ron.proto.envelope import ErrorCode, RonError
 from ron.proto.httpsem import RangeNotSatisfiable, content_range, parse_range
 
@@ -92,14 +90,7 @@ def accepts(data: bytes) -> bool:
     return any(not isinstance(_resolve(header, n), RangeNotSatisfiable) for n in _LENGTHS)
 
 
-def main() -> None:
-    """Fuzz with atheris; imported here so the tests can load this module without it."""
-    import atheris  # type: ignore[import-untyped, import-not-found, unused-ignore]
-
-    atheris.instrument_all()
-    atheris.Setup(sys.argv, one_input)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    from atheris_entry import fuzz  # beside this file: run as a script, it is on sys.path
+
+    fuzz(one_input)

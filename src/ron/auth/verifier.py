@@ -22,14 +22,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from ron.auth.caveats import Caveat, method_allowed, path_allowed, topic_allowed
 from ron.auth.files import AuthPaths
 from ron.auth.keys import KeyRing, RootKey
-from ron.auth.revocation import RevocationEntry, RevocationList
+from ron.auth.revocation import (
+    RevocationEntry,
+    RevocationList,
+    parse_since,
+    revocations_reply,
+)
 from ron.auth.token import Token
 from ron.proto.address import parse_address
 from ron.proto.envelope import ErrorCode, RonError
@@ -187,6 +192,16 @@ class Verifier:
     def revocations_since(self, n: int) -> list[RevocationEntry]:
         self._refresh(force=True)
         return self.revocations.entries_since(n)
+
+    def feed(self, query: Mapping[str, str]) -> dict[str, object]:
+        """The reply of ``GET /v1/caps/revocations?since=N``, wherever it is served
+        (gateway and admin address); a query other than ``since`` is 400."""
+        unknown = set(query) - {"since"}
+        if unknown:
+            raise RonError(ErrorCode.BAD_REQUEST, f"unknown parameter {sorted(unknown)[0]!r}")
+        since = parse_since(query.get("since"))
+        self._refresh(force=True)
+        return revocations_reply(self.revocations.seq, self.revocations.entries_since(since))
 
     # --- checking ---------------------------------------------------------------------
 

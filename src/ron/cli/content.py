@@ -30,7 +30,7 @@ PROGRESS_OVER = 8 * 1024 * 1024
 
 def node_url(node: str | None, data_dir: Path | None = None) -> str:
     """--node, else RON_NODE_URL, else the local node's gateway, else the default port."""
-    from ron.kernel.node import read_node_file
+    from ron.localnode import read_node_file
 
     if node:
         return node.rstrip("/")

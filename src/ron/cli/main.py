@@ -54,7 +54,7 @@ def env_config(
 
 def admin_url(data_dir: Path | None, admin: str | None) -> str:
     """The admin URL of the running node: --admin, else node.json in the data dir."""
-    from ron.kernel.node import read_node_file
+    from ron.localnode import read_node_file
 
     if admin:
         return admin if admin.startswith("http") else f"http://{admin}"

@@ -22,7 +22,6 @@ from starlette.routing import Route
 
 from ron.auth.authority import Authority, token_caveats
 from ron.auth.owner import OWNER_TENANT
-from ron.auth.revocation import parse_since, revocations_reply
 from ron.auth.token import Token
 from ron.auth.verifier import bearer_token
 from ron.kernel.config import CapsConfig
@@ -53,7 +52,7 @@ def caps_routes(
 
     async def revocations(request: Request) -> Response:
         async def act() -> dict[str, Any]:
-            return _feed(request, authority())
+            return authority().verifier().feed(request.query_params)
 
         return await _answer(request, act)
 
@@ -100,15 +99,6 @@ def caps_routes(
         Route("/v1/caps/rotate", rotate, methods=["POST"]),
         Route("/v1/caps/revoke", revoke, methods=["POST"]),
     ]
-
-
-def _feed(request: Request, auth: Authority) -> dict[str, Any]:
-    unknown = set(request.query_params) - {"since"}
-    if unknown:
-        raise RonError(ErrorCode.BAD_REQUEST, f"unknown parameter {sorted(unknown)[0]!r}")
-    since = parse_since(request.query_params.get("since"))
-    verifier = auth.verifier()
-    return revocations_reply(verifier.revocation_seq, verifier.revocations_since(since))
 
 
 def _mint(auth: Authority, body: dict[str, Any], node_id: str | None) -> dict[str, Any]:

@@ -41,11 +41,11 @@ from ron.kernel.link import KERNEL_SOCKET
 from ron.kernel.metrics import Metrics, merge_expositions
 from ron.kernel.spec import ServiceSpec
 from ron.kernel.supervisor import Supervisor
+from ron.localnode import NODE_FILE
 from ron.proto.envelope import RonError
 
 log = logging.getLogger("ron.kernel")
 
-NODE_FILE = "node.json"
 _UDS_MAX = 100  # AF_UNIX paths must stay under 108 bytes
 
 
@@ -89,15 +89,6 @@ def url_of(sock: socket.socket, scheme: str = "http") -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"{scheme}://{host}:{port}"
-
-
-def read_node_file(data_dir: Path) -> dict[str, Any] | None:
-    """The running node's pid and URLs, as written at start; None when no node ran here."""
-    try:
-        data: dict[str, Any] = json.loads((data_dir / NODE_FILE).read_text())
-        return data
-    except (OSError, ValueError):
-        return None
 
 
 class Node:

@@ -521,7 +521,7 @@ class GatewayApp:
                 max_decoded=max(cfg.max_decoded_bytes, cap),
                 max_ratio=cfg.max_decode_ratio,
             )
-        manifest, _ = await self.store.put_stream(
+        manifest, created = await self.store.put_stream(
             body,
             tld=tld,
             mime=mime,
@@ -539,7 +539,9 @@ class GatewayApp:
         address = manifest.address.canonical
         location = f"/o/{manifest.address.with_tld if tld else address}"
         reply = {"address": address, "bytes": manifest.bytes, "tld": manifest.tld}
-        actual = (self.store.bundle_dir(manifest.address) / PRIVATE_MARKER).exists()
+        # A bundle this PUT created is as asked; an existing one says what it is.
+        marker = self.store.bundle_dir(manifest.address) / PRIVATE_MARKER
+        actual = private if created else marker.exists()
         if private or actual:
             # The first PUT of these bytes decided; a private PUT of bytes already public
             # learns here that they stay public.

@@ -115,60 +115,50 @@ async def subscription(
 ) -> AsyncIterator[Delivery]:
     """Deliveries pushed as they arrive, with flow control, surviving mailbox restarts.
 
-    Each poll tells the mailbox which receipts this subscriber still holds; the mailbox
-    leases no more than ``max_unacked`` at a time, so a slow consumer is not buried in
-    leases that expire before it gets to them. Same lease and ack rules as receive.
-    Retryable errors (the mailbox restarting) are retried with backoff; others end the
-    subscription by raising.
+    Same lease and ack rules as receive; the polling itself is :func:`follow`'s.
     """
-    holding: list[str] = []
-    backoff = 0.05
-    while True:
-        try:
-            poll = await api.poll_subscription(
-                topic, holding=holding, max_unacked=max_unacked, visibility_s=visibility_s
-            )
-        except RonError as exc:
-            if not exc.retryable:
-                raise
-            await asyncio.sleep(backoff)  # a restart takes this long; nothing to wait on
-            backoff = min(backoff * 2, 2.0)
-            continue
-        backoff = 0.05
-        holding = [*poll.live, *(d.receipt for d in poll.deliveries)]
-        for delivery in poll.deliveries:
-            yield delivery
+    polls = follow(api, topic, first=None, visibility_s=visibility_s, max_unacked=max_unacked)
+    try:
+        async for deliveries in polls:
+            for delivery in deliveries:
+                yield delivery
+    finally:
+        await polls.aclose()
 
 
 async def follow(
     api: MailboxAPI,
     topic: str,
     *,
-    first: SubscriptionPoll,
+    first: SubscriptionPoll | None,
     visibility_s: float | None,
     max_unacked: int | None,
 ) -> AsyncGenerator[list[Delivery], None]:
-    """The deliveries of each poll of a subscription, starting with ``first``.
+    """The deliveries of each poll of a subscription, starting with ``first`` (None:
+    with a poll of its own).
 
     What a push front end (SSE, OAP subscribe) streams: an empty list is a poll that came
     back with nothing (at least every 15 s: time for a heartbeat). Each poll tells the
-    mailbox which receipts are still held, for flow control. Retryable failures (the
-    mailbox restarting) are retried with backoff; any other error is raised.
+    mailbox which receipts this subscriber still holds; the mailbox leases no more than
+    ``max_unacked`` at a time, so a slow consumer is not buried in leases that expire
+    before it gets to them. Retryable failures (the mailbox restarting) are retried with
+    backoff; any other error is raised.
     """
     poll = first
+    holding: list[str] = []
     backoff = 0.05
     while True:
-        holding = [*poll.live, *(d.receipt for d in poll.deliveries)]
-        yield list(poll.deliveries)
-        while True:
-            try:
-                poll = await api.poll_subscription(
-                    topic, holding=holding, max_unacked=max_unacked, visibility_s=visibility_s
-                )
-                break
-            except RonError as exc:
-                if not exc.retryable:
-                    raise
-                await asyncio.sleep(backoff)  # the mailbox is restarting: nothing to wait on
-                backoff = min(backoff * 2, 2.0)
-        backoff = 0.05
+        if poll is not None:
+            holding = [*poll.live, *(d.receipt for d in poll.deliveries)]
+            yield list(poll.deliveries)
+        try:
+            poll = await api.poll_subscription(
+                topic, holding=holding, max_unacked=max_unacked, visibility_s=visibility_s
+            )
+            backoff = 0.05
+        except RonError as exc:
+            if not exc.retryable:
+                raise
+            poll = None  # keep holding what we held; ask again after the restart
+            await asyncio.sleep(backoff)  # the mailbox is restarting: nothing to wait on
+            backoff = min(backoff * 2, 2.0)
