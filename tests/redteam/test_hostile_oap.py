@@ -472,7 +472,7 @@ async def test_ten_thousand_open_streams_on_one_connection(node: RunningNode, ad
             )
         )
         await wait_until(
-            lambda: node.metric("inflight", service="omnigate") == 128, 10, "128 parked"
+            lambda: node.metric("inflight", service="omnigate") == 128, 30, "128 parked"
         )
         await another_client_is_served(node, addr)
         # Silent from now on: every refusal, then the idle cut, then the close.

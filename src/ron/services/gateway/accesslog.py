@@ -17,6 +17,8 @@ import sys
 import time
 from typing import Any
 
+_string = json.encoder.encode_basestring_ascii  # what json.dumps uses for a str (C)
+
 FLUSH_INTERVAL = 0.2
 FLUSH_BYTES = 64 * 1024
 
@@ -26,6 +28,7 @@ class AccessLog:
 
     def __init__(self, service: str, fd: int | None = None) -> None:
         self._service = service
+        self._service_json = _string(service)
         self._fd = sys.stderr.fileno() if fd is None else fd
         self._buf: list[str] = []
         self._size = 0
@@ -33,22 +36,51 @@ class AccessLog:
         self._second = -1
         self._stamp = ""
 
-    def write(self, fields: dict[str, Any]) -> None:
+    def _timestamp(self) -> str:
         now = time.time()
         second = int(now)
         if second != self._second:  # strftime once a second, not once a request
             self._second = second
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        ts = f"{self._stamp}.{int((now - second) * 1000):03d}Z"
+        return f"{self._stamp}.{int((now - second) * 1000):03d}Z"
+
+    def write(self, fields: dict[str, Any]) -> None:
+        """Any request-shaped record (the generic form of :meth:`request`)."""
         record = {
-            "ts": ts,
+            "ts": self._timestamp(),
             "level": "info",
             "service": self._service,
             "logger": "ron.access",
             "msg": "request",
             **fields,
         }
-        line = json.dumps(record, separators=(",", ":")) + "\n"
+        self._append(json.dumps(record, separators=(",", ":")) + "\n")
+
+    def request(
+        self,
+        corr_id: str,
+        route: str,
+        method: str,
+        status: int,
+        bytes_in: int,
+        bytes_out: int,
+        duration_ms: float,
+        tenant: str | None,
+    ) -> None:
+        """The per-request line, byte for byte what :meth:`write` makes of these fields,
+        built by formatting: a generic ``json.dumps`` of the record cost about a tenth
+        of a small GET. Every string goes through the JSON string encoder."""
+        line = (
+            f'{{"ts":"{self._timestamp()}","level":"info","service":{self._service_json},'
+            f'"logger":"ron.access","msg":"request","corr_id":{_string(corr_id)},'
+            f'"route":{_string(route)},"method":{_string(method)},"status":{int(status)},'
+            f'"bytes_in":{int(bytes_in)},"bytes_out":{int(bytes_out)},'
+            f'"duration_ms":{float(duration_ms)!r},'
+            f'"tenant":{"null" if tenant is None else _string(tenant)}}}\n'
+        )
+        self._append(line)
+
+    def _append(self, line: str) -> None:
         self._buf.append(line)
         self._size += len(line)
         if self._size >= FLUSH_BYTES:

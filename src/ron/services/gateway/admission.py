@@ -62,7 +62,9 @@ class Admission:
         self._node_ready = node_ready
         self._ready_cache: tuple[float, bool] = (0.0, False)
         self._refreshing: asyncio.Task[None] | None = None
-        self._metrics = metrics
+        # This worker's in-flight count, read when metrics are scraped rather than
+        # updated twice per request.
+        metrics.inflight.set_function(lambda: self._counters.value)
         self.quota_exhaustions = metrics.quota_exhaustions_total
         self.rejected = metrics.rejected_total
         self.reconfigure(config)
@@ -124,11 +126,9 @@ class Admission:
 
     def begin(self) -> None:
         self._counters.add(1)
-        self._metrics.inflight.inc()
 
     def end(self) -> None:
         self._counters.add(-1)
-        self._metrics.inflight.dec()
 
     # --- the decision -------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -194,17 +195,15 @@ class GatewayApp:
             elapsed = time.perf_counter() - started
             if admission.config.request_metrics:
                 self._observe(route, method, state, elapsed)
-            self.access_log.write(
-                {
-                    "corr_id": corr,
-                    "route": route,
-                    "method": method,
-                    "status": state.status,
-                    "bytes_in": state.received,
-                    "bytes_out": state.sent,
-                    "duration_ms": round(elapsed * 1000, 3),
-                    "tenant": state.tenant,
-                }
+            self.access_log.request(
+                corr,
+                route,
+                method,
+                state.status,
+                state.received,
+                state.sent,
+                round(elapsed * 1000, 3),
+                state.tenant,
             )
 
     def _observe(self, route: str, method: str, state: _Exchange, elapsed: float) -> None:
@@ -563,10 +562,16 @@ def _flag(value: str | None, name: str) -> bool:
     raise RonError(ErrorCode.BAD_REQUEST, f"{name} must be true or false")
 
 
+# Addresses are parsed on every GET and the same few are asked for again and again; a
+# bounded cache of the parse (a pure function of the text) skips the regex. Bad input
+# raises, and exceptions are never cached.
+_parse_address = functools.lru_cache(maxsize=4096)(parse_address)
+
+
 def split_object_path(rest: str) -> tuple[Address, str]:
     """``<addr>[/<rel>]`` -> (address, rel); a rel that could leave the bundle is 400."""
     addr_text, slash, rel = rest.partition("/")
-    addr = parse_address(addr_text)
+    addr = _parse_address(addr_text)
     if not slash or rel in ("", "payload.bin"):
         return addr, ""
     if "\x00" in rel or "\\" in rel or rel.startswith("/"):

@@ -9,6 +9,11 @@ Three kinds of request never reach the ASGI app, so they must be answered here:
   Content-Length, Content-Length with Transfer-Encoding): 400, closed, answered with the
   error envelope like every other error instead of uvicorn's plain-text body.
 A slow client costs a socket and a timer, never a worker: the loop serves others.
+
+Writes are coalesced per event-loop turn (:class:`CoalescingTransport`): uvicorn writes a
+response's head and its body separately, and on loopback each ``send()`` syscall cost
+about as much as the rest of a small GET's Python work, so one ``writev`` per turn does
+the same job with one syscall and one TCP segment.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ron.proto.envelope import ErrorCode, envelope, new_corr_id
+
+COALESCE_BYTES = 64 * 1024
 
 _REASONS = {
     400: b"Bad Request",
@@ -40,7 +47,7 @@ def guarded_protocol(
         _header_size = 0
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
+            super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
             self._arm()
 
         def connection_lost(self, exc: Exception | None) -> None:
@@ -125,3 +132,67 @@ def guarded_protocol(
             self._header_bytes = 0
 
     return GuardedProtocol
+
+
+class CoalescingTransport:
+    """A transport whose small writes within one event-loop turn leave as one ``writev``.
+
+    Bounded: a write that would take what is waiting past ``COALESCE_BYTES`` goes out at
+    once together with it, so at most that much ever waits, and only until the end of the
+    turn; large bodies therefore reach the real transport immediately and its flow
+    control (pause/resume writing) works as before. ``close()`` sends what is waiting
+    first; ``abort()`` drops it, as the real transport would.
+    """
+
+    __slots__ = ("_loop", "_pending", "_size", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+        self._size = 0
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        pending = self._pending
+        if self._size + len(data) > COALESCE_BYTES:
+            pending.append(data)
+            self._flush()
+            return
+        if not pending:
+            self._loop.call_soon(self._flush)
+        pending.append(data)
+        self._size += len(data)
+
+    def _flush(self) -> None:
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        self._size = 0
+        if self._transport.is_closing():
+            return
+        if len(pending) == 1:
+            self._transport.write(pending[0])
+        else:
+            self._transport.writelines(pending)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending = []
+        self._size = 0
+        self._transport.abort()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + self._size
+
+    def __getattr__(self, name: str) -> Any:
+        # pause_reading, resume_reading, get_extra_info, set_protocol...: the real thing.
+        return getattr(self._transport, name)

@@ -38,6 +38,9 @@ from ron.services.storage.store import (
 )
 
 CACHE_ENTRIES = 4096
+# Verified small payloads kept in memory (LRU, by total bytes): a hit costs one stat
+# instead of open + read + close + BLAKE3.
+SMALL_CACHE_BYTES = 32 * 1024 * 1024
 log = logging.getLogger("ron.overlay")
 
 
@@ -113,6 +116,8 @@ class ContentReader:
         self._index_path = index_path
         self._index: IndexDB | None = None
         self._cache: OrderedDict[str, ObjectInfo] = OrderedDict()
+        self._small: OrderedDict[str, tuple[tuple[int, int, int, int], bytes]] = OrderedDict()
+        self._small_bytes = 0
         self._on_corrupt = on_corrupt
         self.integrity_failures = metrics.counter(
             "integrity_failures_total",
@@ -160,6 +165,7 @@ class ContentReader:
 
     def forget(self, hex_digest: str) -> None:
         self._cache.pop(hex_digest, None)
+        self._drop_small(hex_digest)
 
     def corrupt(self, info: ObjectInfo, kind: str, detail: str) -> IntegrityError:
         """Count a failed verification, have the bundle quarantined, return the error."""
@@ -175,15 +181,33 @@ class ContentReader:
     async def read_small(self, info: ObjectInfo) -> bytes:
         """The whole payload of a small object, hashed before it is returned.
 
-        Plain ``os.open``/``os.read`` on a cached path: this runs on every small GET, and
-        a buffered file object plus a path join cost more than the read itself.
+        Verified payloads are kept in a bounded LRU and served again while the file's
+        ``stat`` (inode, size, mtime, ctime) is unchanged: the bytes in memory were
+        checked against the address, and any write to the file on disk (corruption
+        included) changes its stat, so the next request reads and verifies it afresh and
+        a corruption is detected and counted as before. Plain ``os.open``/``os.read`` on
+        a cached path: a buffered file object and a path join cost more than the read.
         """
+        path = info.payload_path
+        cached = self._small.get(info.hex)
+        if cached is not None:
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                self._drop_small(info.hex)
+                self.forget(info.hex)
+                raise RonError(ErrorCode.NOT_FOUND, "object vanished") from None
+            if cached[0] == (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+                self._small.move_to_end(info.hex)
+                return cached[1]
+            self._drop_small(info.hex)
         try:
-            fd = os.open(info.payload_path, os.O_RDONLY)
+            fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
             self.forget(info.hex)
             raise RonError(ErrorCode.NOT_FOUND, "object vanished") from None
         try:
+            st = os.fstat(fd)
             data = os.read(fd, info.size + 1)
             # A regular file reads short only at its end; loop in case one ever does not.
             while len(data) < info.size and (more := os.read(fd, info.size + 1 - len(data))):
@@ -192,7 +216,21 @@ class ContentReader:
             os.close(fd)
         if len(data) != info.size or blake3.blake3(data).hexdigest() != info.hex:
             raise self.corrupt(info, "payload", "hash mismatch")
+        self._keep_small(info.hex, (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns), data)
         return data
+
+    def _keep_small(self, hex_digest: str, sig: tuple[int, int, int, int], data: bytes) -> None:
+        self._drop_small(hex_digest)
+        self._small[hex_digest] = (sig, data)
+        self._small_bytes += len(data)
+        while self._small_bytes > SMALL_CACHE_BYTES:
+            _, (_, old) = self._small.popitem(last=False)
+            self._small_bytes -= len(old)
+
+    def _drop_small(self, hex_digest: str) -> None:
+        entry = self._small.pop(hex_digest, None)
+        if entry is not None:
+            self._small_bytes -= len(entry[1])
 
     def is_small(self, info: ObjectInfo) -> bool:
         return info.size <= SMALL_OBJECT

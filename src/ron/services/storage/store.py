@@ -36,7 +36,7 @@ log = logging.getLogger("ron.storage")
 
 CHUNK = 64 * 1024
 READ_CHUNK = 256 * 1024  # disk reads: fewer syscalls; still bounded memory
-SMALL_OBJECT = 256 * 1024  # at or below this, verify on every read
+SMALL_OBJECT = 256 * 1024  # at or below this, verify every read (or its cached copy's stat)
 STALE_STAGING_S = 600.0
 BATCH = 1024 * 1024  # bytes handed to the writer thread at a time
 
