@@ -168,6 +168,36 @@ class Admission:
             raise
         return Admitted(tenant, verdict)
 
+    def admit_read_now(self, client_host: str | None, nbytes: int) -> Admitted | None:
+        """Admission of an anonymous read whose response (``nbytes``) is known, decided
+        synchronously for the fast lane; None whenever the answer is not a plain yes
+        (capacity, quota), so the ordinary path decides and answers with the envelope.
+
+        A refused bucket take charges nothing, so asking again there is harmless; only
+        a byte bucket already in debt costs that tenant one extra request token.
+        """
+        self.begin()
+        try:
+            if self.inflight() > self.config.max_inflight:
+                return None
+            tenant = self.tenants.resolve(None, client_host)
+            if not self.quotas.enabled:
+                return Admitted(tenant, None)
+            now = time.monotonic()
+            buckets = self.quotas.buckets
+            verdict = buckets.take(tenant.request_key, 1.0, tenant.rps, tenant.burst, now)
+            if not verdict.allowed:
+                return None
+            if nbytes > 0:
+                spent = buckets.take(
+                    tenant.bytes_key, float(nbytes), tenant.bytes_per_s, tenant.bytes_burst, now
+                )
+                if not spent.allowed:
+                    return None
+            return Admitted(tenant, verdict)
+        finally:
+            self.end()
+
     def charge_bytes(self, admitted: Admitted, route: str, nbytes: int) -> None:
         if admitted.tenant is None or not self.quotas.enabled or nbytes <= 0:
             return

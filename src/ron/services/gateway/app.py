@@ -76,7 +76,7 @@ class GatewaySettings(Protocol):
 _Handler = Callable[[Scope, Receive, Send, str], Awaitable[None]]
 
 
-class _Exchange:
+class Exchange:
     """Per-request bookkeeping for metrics and the request log line."""
 
     __slots__ = ("received", "sent", "started", "status", "tenant")
@@ -131,7 +131,7 @@ class GatewayApp:
         path: str = scope["path"]
         corr = sane_corr_id(header(scope, b"x-corr-id"))
         route, handler, limited, write, needs_token = self._route(method, path)
-        state = _Exchange()
+        state = Exchange()
         scope.setdefault("state", {})["exchange"] = state
         extra_headers: Headers = [(b"x-corr-id", corr.encode())]
 
@@ -194,7 +194,7 @@ class GatewayApp:
                 admission.end()
             elapsed = time.perf_counter() - started
             if admission.config.request_metrics:
-                self._observe(route, method, state, elapsed)
+                self.observe(route, method, state, elapsed)
             self.access_log.request(
                 corr,
                 route,
@@ -206,7 +206,7 @@ class GatewayApp:
                 state.tenant,
             )
 
-    def _observe(self, route: str, method: str, state: _Exchange, elapsed: float) -> None:
+    def observe(self, route: str, method: str, state: Exchange, elapsed: float) -> None:
         """Golden metrics for one request; label children are cached per label set
         (``labels()`` costs more than the increment itself)."""
         key = (route, method, state.status // 100)
@@ -319,23 +319,13 @@ class GatewayApp:
         if rel == MANIFEST_NAME:
             await self._serve_manifest(scope, send, info, etag, head)
             return
-        base: Headers = [
-            (b"etag", etag),
-            (b"cache-control", PRIVATE_IMMUTABLE if info.private else IMMUTABLE),
-            (b"vary", b"Accept-Encoding"),
-        ]
+        base = validator_headers(info, etag)
         pay_headers = self._payment(manifest)
         inm = header(scope, b"if-none-match")
         if inm is not None and etag_matches(inm, etag.decode()):
             await respond(send, 304, base, head=True)
             return
-        headers: Headers = [
-            *base,
-            (b"content-type", manifest.mime.encode()),
-            (b"x-content-type-options", b"nosniff"),
-            (b"accept-ranges", b"bytes"),
-            *pay_headers,
-        ]
+        headers = content_headers(info, base, pay_headers)
         size = info.size
         range_header = header(scope, b"range")
         if range_header is not None:
@@ -488,7 +478,7 @@ class GatewayApp:
         if declared is not None and int(declared) > cap:
             raise RonError(ErrorCode.PAYLOAD_TOO_LARGE, f"body exceeds the {cap}-byte cap")
         coding = parse_content_encoding(header(scope, b"content-encoding"))
-        exchange: _Exchange = scope["state"]["exchange"]
+        exchange: Exchange = scope["state"]["exchange"]
         admitted: Admitted | None = scope["state"].get("admitted")
         if admitted is not None and declared is not None:
             self.admission.charge_bytes(admitted, "/put", int(declared))
@@ -553,6 +543,26 @@ class GatewayApp:
         )
 
 
+def validator_headers(info: ObjectInfo, etag: bytes) -> Headers:
+    """What a 304 and a 200 of an object share."""
+    return [
+        (b"etag", etag),
+        (b"cache-control", PRIVATE_IMMUTABLE if info.private else IMMUTABLE),
+        (b"vary", b"Accept-Encoding"),
+    ]
+
+
+def content_headers(info: ObjectInfo, base: Headers, pay_headers: Headers) -> Headers:
+    """The headers of a full or partial response with the object's payload."""
+    return [
+        *base,
+        (b"content-type", info.manifest.mime.encode()),
+        (b"x-content-type-options", b"nosniff"),
+        (b"accept-ranges", b"bytes"),
+        *pay_headers,
+    ]
+
+
 def _flag(value: str | None, name: str) -> bool:
     """A boolean query parameter: absent, ``0``/``false`` or ``1``/``true``."""
     if value is None or value in ("0", "false"):
@@ -565,13 +575,13 @@ def _flag(value: str | None, name: str) -> bool:
 # Addresses are parsed on every GET and the same few are asked for again and again; a
 # bounded cache of the parse (a pure function of the text) skips the regex. Bad input
 # raises, and exceptions are never cached.
-_parse_address = functools.lru_cache(maxsize=4096)(parse_address)
+parse_address_cached = functools.lru_cache(maxsize=4096)(parse_address)
 
 
 def split_object_path(rest: str) -> tuple[Address, str]:
     """``<addr>[/<rel>]`` -> (address, rel); a rel that could leave the bundle is 400."""
     addr_text, slash, rel = rest.partition("/")
-    addr = _parse_address(addr_text)
+    addr = parse_address_cached(addr_text)
     if not slash or rel in ("", "payload.bin"):
         return addr, ""
     if "\x00" in rel or "\\" in rel or rel.startswith("/"):
@@ -627,4 +637,12 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-__all__ = ["GatewayApp", "IntegrityError", "split_object_path"]
+__all__ = [
+    "Exchange",
+    "GatewayApp",
+    "IntegrityError",
+    "content_headers",
+    "parse_address_cached",
+    "split_object_path",
+    "validator_headers",
+]

@@ -22,9 +22,12 @@ import asyncio
 import json
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from ron.proto.envelope import ErrorCode, envelope, new_corr_id
+from ron.services.gateway.fastlane import FastLane
+
+COALESCE_BYTES = 64 * 1024
 
 COALESCE_BYTES = 64 * 1024
 
@@ -36,15 +39,26 @@ _REASONS = {
 
 
 def guarded_protocol(
-    *, max_header_bytes: int, header_timeout_s: float, on_reject: Any
+    *,
+    max_header_bytes: int,
+    header_timeout_s: float,
+    on_reject: Any,
+    fast_lane: FastLane | None = None,
 ) -> type[HttpToolsProtocol]:
-    """A protocol class bound to these limits; ``on_reject(reason)`` counts refusals."""
+    """A protocol class bound to these limits; ``on_reject(reason)`` counts refusals.
+
+    ``fast_lane`` (see :mod:`ron.services.gateway.fastlane`) is asked first for each
+    bodiless GET or HEAD of ``/o/...`` on a kept-alive HTTP/1.1 connection with nothing
+    else in progress; when it answers, the response is written here and no ASGI cycle
+    is made.
+    """
 
     class GuardedProtocol(HttpToolsProtocol):
         _header_bytes = 0
         _header_timer: asyncio.TimerHandle | None = None
         _in_headers = False
         _header_size = 0
+        _answered = False  # the fast lane answered the request being parsed
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
@@ -122,7 +136,42 @@ def guarded_protocol(
             self._disarm()
             if self.transport.is_closing():
                 return
+            if fast_lane is not None and self._fast_answer(fast_lane):
+                return
             super().on_headers_complete()
+
+        def _fast_answer(self, lane: FastLane) -> bool:
+            url = self.url
+            if not url.startswith(b"/o/") or b"?" in url or b"%" in url:
+                return False
+            if self.pipeline or (self.cycle is not None and not self.cycle.response_complete):
+                return False  # answers must leave in request order
+            parser = self.parser
+            if parser.get_http_version() != "1.1" or not parser.should_keep_alive():
+                return False
+            if parser.should_upgrade():
+                return False
+            method = parser.get_method().decode("ascii")
+            reply = lane(method, url.decode("ascii"), self.headers, self.client)
+            if reply is None:
+                return False
+            headers, body = reply
+            out = [STATUS_LINE[200]]
+            for name, value in (*self.server_state.default_headers, *headers):
+                out += (name, b": ", value, b"\r\n")
+            out += (b"\r\n", body)
+            self.transport.write_now(b"".join(out))  # type: ignore[attr-defined]
+            self._answered = True
+            return True
+
+        def on_message_complete(self) -> None:
+            if self._answered:
+                # What uvicorn does when a cycle's response completes: count it, arm
+                # the keep-alive timer, start a pipelined request.
+                self._answered = False
+                self.on_response_complete()
+                return
+            super().on_message_complete()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -164,6 +213,12 @@ class CoalescingTransport:
             self._loop.call_soon(self._flush)
         pending.append(data)
         self._size += len(data)
+
+    def write_now(self, data: bytes) -> None:
+        """Write ``data`` at once, after anything waiting (a complete response needs
+        no company)."""
+        self._pending.append(data)
+        self._flush()
 
     def _flush(self) -> None:
         pending = self._pending

@@ -18,6 +18,7 @@ from ron.services.base import Service, ServiceContext
 from ron.services.gateway.accesslog import AccessLog
 from ron.services.gateway.admission import Admission
 from ron.services.gateway.app import GatewayApp
+from ron.services.gateway.fastlane import fast_lane
 from ron.services.gateway.protocol import guarded_protocol
 from ron.services.gateway.v1 import build_v1_app
 from ron.services.index.service import index_path
@@ -65,6 +66,7 @@ class GatewayService(Service):
             max_header_bytes=gw.max_header_bytes,
             header_timeout_s=gw.header_timeout_s,
             on_reject=lambda reason: ctx.metrics.rejected_total.labels(reason).inc(),
+            fast_lane=fast_lane(app),
         )
         config = uvicorn.Config(
             app,

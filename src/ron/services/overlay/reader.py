@@ -194,7 +194,6 @@ class ContentReader:
             try:
                 st = os.stat(path)
             except FileNotFoundError:
-                self._drop_small(info.hex)
                 self.forget(info.hex)
                 raise RonError(ErrorCode.NOT_FOUND, "object vanished") from None
             if cached[0] == (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
@@ -218,6 +217,22 @@ class ContentReader:
             raise self.corrupt(info, "payload", "hash mismatch")
         self._keep_small(info.hex, (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns), data)
         return data
+
+    def cached_small(self, info: ObjectInfo) -> bytes | None:
+        """The verified payload of a small object when it is cached and its file's stat
+        is unchanged; None otherwise (then :meth:`read_small` reads, verifies, caches,
+        and deals with a missing or corrupted file)."""
+        cached = self._small.get(info.hex)
+        if cached is None:
+            return None
+        try:
+            st = os.stat(info.payload_path)
+        except OSError:
+            return None
+        if cached[0] != (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+            return None
+        self._small.move_to_end(info.hex)
+        return cached[1]
 
     def _keep_small(self, hex_digest: str, sig: tuple[int, int, int, int], data: bytes) -> None:
         self._drop_small(hex_digest)
