@@ -33,7 +33,7 @@ def test_nothing_acknowledged_is_lost_while_services_are_killed(tmp_path: Path) 
     # The drill really happened: services died and came back, under real load.
     assert summary["kills"] >= 5, report
     assert summary["recoveries"] == summary["kills"], report
-    assert set(summary["kills_by_service"]) == set(SERVICES), report  # each one, at least once
+    assert set(SERVICES) <= set(summary["kills_by_service"]), report  # each one, at least once
     for kind in ("put", "get", "send", "receive", "ack", "oap_get"):
         assert summary["ops"][kind]["ok"] > 0, f"no successful {kind}\n{report}"
     assert summary["objects_verified"] == summary["objects_stored"] > 0, report

@@ -47,12 +47,15 @@ def _retry_put(node: RunningNode, body: bytes) -> httpx.Response:
 def test_sigkill_during_put_leaves_nothing_half_written(node: RunningNode, victim: str) -> None:
     body = os.urandom(CHUNK * CHUNKS)
     hex_digest = blake3.blake3(body).hexdigest()
-    pid = node.service_pid(victim)
+    # "gateway" is every gateway worker: the upload is on one of them, whichever it is.
+    names = node.gateway_workers() if victim == "gateway" else [victim]
+    pids = {name: node.service_pid(name) for name in names}
 
     def slow_body() -> Iterator[bytes]:
         for i in range(CHUNKS):
             if i == CHUNKS // 2:
-                os.kill(pid, signal.SIGKILL)  # mid-upload, from inside the request
+                for pid in pids.values():
+                    os.kill(pid, signal.SIGKILL)  # mid-upload, from inside the request
             yield body[i * CHUNK : (i + 1) * CHUNK]
 
     try:
@@ -69,7 +72,8 @@ def test_sigkill_during_put_leaves_nothing_half_written(node: RunningNode, victi
             assert blake3.blake3((bundle / "payload.bin").read_bytes()).hexdigest() == hex_digest
         got = httpx.get(f"{node.http}/o/b3:{hex_digest}.bin", timeout=30)
         assert got.status_code in (404, 502, 503) or got.content == body
-    node.wait_healthy(victim, other_than_pid=pid)
+    for name, pid in pids.items():
+        node.wait_healthy(name, other_than_pid=pid)
     reply = _retry_put(node, body)
     assert reply.json()["address"] == f"b3:{hex_digest}"
     got = httpx.get(f"{node.http}/o/b3:{hex_digest}", timeout=30)

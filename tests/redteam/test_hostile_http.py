@@ -87,30 +87,32 @@ def stored(node: RunningNode) -> set[Path]:
 
 
 def rejected(node: RunningNode, reason: str) -> float:
-    return node.metric("rejected_total", service="gateway", reason=reason)
+    return node.metric("rejected_total", service="gateway*", reason=reason)
 
 
 @pytest.fixture(scope="module")
-def pid(node: RunningNode) -> int:
-    return node.service_pid("gateway")
+def pids(node: RunningNode) -> dict[str, int]:
+    """Every gateway worker's pid: an attack may land on any of them."""
+    return {name: node.service_pid(name) for name in node.gateway_workers()}
 
 
 @pytest.fixture(autouse=True)
-def node_survives(node: RunningNode, addr: str, pid: int) -> Iterator[None]:
+def node_survives(node: RunningNode, addr: str, pids: dict[str, int]) -> Iterator[None]:
     """After each attack: nothing in flight, no temp file, same process still serving the
     reference object, node ready, memory bounded."""
-    rss = vm_kib(pid)
+    rss = {name: vm_kib(pid) for name, pid in pids.items()}
     yield
     wait_until_sync(
-        lambda: node.metric("inflight", service="gateway") == 0, 10, "no request in flight"
+        lambda: node.metric("inflight", service="gateway*") == 0, 10, "no request in flight"
     )
     wait_until_sync(lambda: not temp_files(node), 10, "no temp file left")
     reply = httpx.get(f"{node.http}/o/{addr}", headers=good(node), timeout=10)
     assert reply.status_code == 200 and reply.content == OBJECT
     assert httpx.get(f"{node.admin}/readyz", timeout=10).status_code == 200
-    assert node.service_pid("gateway") == pid
-    grown = vm_kib(pid) - rss
-    assert grown < MEMORY_BOUND_KIB, f"gateway RSS grew by {grown} KiB"
+    for name, pid in pids.items():
+        assert node.service_pid(name) == pid
+        grown = vm_kib(pid) - rss[name]
+        assert grown < MEMORY_BOUND_KIB, f"{name} RSS grew by {grown} KiB"
 
 
 def served_meanwhile(node: RunningNode, addr: str) -> None:
@@ -231,7 +233,7 @@ def test_clients_that_vanish_mid_put_leave_nothing_half_stored(node: RunningNode
     ):
         upload(cut, framing, coding)
     wait_until_sync(
-        lambda: node.metric("inflight", service="gateway") == 0, 10, "the uploads to end"
+        lambda: node.metric("inflight", service="gateway*") == 0, 10, "the uploads to end"
     )
     wait_until_sync(lambda: not temp_files(node), 10, "no temp file left")
     assert stored(node) == before

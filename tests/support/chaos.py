@@ -115,7 +115,9 @@ class Chaos(threading.Thread):
         """Services in a fresh random order each round (a shuffled bag): random, yet a
         short drill still kills every service, and none twice before all once."""
         if not self._bag:
-            self._bag = list(self.services)
+            # Extra gateway workers (gateway-2...) are victims too, when they exist.
+            extra = [n for n in self._services() if n.startswith("gateway-")]
+            self._bag = [*self.services, *(n for n in extra if n not in self.services)]
             self.rng.shuffle(self._bag)
         return self._bag.pop()
 

@@ -60,6 +60,11 @@ class RunningNode:
         data: dict[str, Any] = httpx.get(f"{self.admin}/v1/status", timeout=10).json()
         return data
 
+    def gateway_workers(self) -> list[str]:
+        """The gateway's worker services (``gateway``, ``gateway-2``...), as running."""
+        names = [s["service"] for s in self.status()["services"]]
+        return [n for n in names if n == "gateway" or n.startswith("gateway-")]
+
     def service_pid(self, name: str) -> int:
         for s in self.status()["services"]:
             if s["service"] == name and s["pid"]:
@@ -78,7 +83,8 @@ class RunningNode:
         return wait_until_sync(check, timeout, f"{name} to be healthy")
 
     def metric(self, name: str, **labels: str) -> float:
-        """Sum of the samples of ``name`` whose labels include ``labels``."""
+        """Sum of the samples of ``name`` whose labels include ``labels``; a value
+        ending in ``*`` matches by prefix (``service="gateway*"``: every gateway worker)."""
         from prometheus_client.parser import text_string_to_metric_families
 
         text = httpx.get(f"{self.admin}/metrics", timeout=10).text
@@ -86,7 +92,7 @@ class RunningNode:
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 if sample.name == name and all(
-                    sample.labels.get(k) == v for k, v in labels.items()
+                    _label_matches(sample.labels.get(k), v) for k, v in labels.items()
                 ):
                     total += sample.value
         return total
@@ -98,6 +104,12 @@ class RunningNode:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(60)
+
+
+def _label_matches(actual: str | None, wanted: str) -> bool:
+    if wanted.endswith("*"):
+        return actual is not None and actual.startswith(wanted[:-1])
+    return actual == wanted
 
 
 @contextmanager

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import tomllib
 import types
 import typing
@@ -121,6 +122,18 @@ class TenantConfig:
             raise ConfigError("tenant api_keys must be at least 16 characters")
 
 
+AUTO_WORKERS_MAX = 4
+
+
+def usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask, as taskset or a cpuset
+    set it), not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 @dataclass(frozen=True)
 class GatewayConfig:
     """The HTTP gateway's knobs."""
@@ -128,7 +141,7 @@ class GatewayConfig:
     enforce_payments: bool = False
     max_put_bytes: int = 1 << 30
     keepalive_s: float = 15.0
-    workers: int = 1
+    workers: int = 0  # 0: one per usable CPU core, at most AUTO_WORKERS_MAX
     max_inflight: int = 512
     degraded_ratio: float = 0.9
     max_header_bytes: int = 64 * 1024
@@ -151,8 +164,8 @@ class GatewayConfig:
         _positive("gateway.write_timeout_s", self.write_timeout_s)
         _positive("gateway.max_decoded_bytes", self.max_decoded_bytes)
         _positive("gateway.max_decode_ratio", self.max_decode_ratio)
-        if not 1 <= self.workers <= 32:
-            raise ConfigError("gateway.workers must be 1-32")
+        if not 0 <= self.workers <= 32:
+            raise ConfigError("gateway.workers must be 0 (one per CPU core) or 1-32")
         if not 0 < self.degraded_ratio <= 1:
             raise ConfigError("gateway.degraded_ratio must be in (0, 1]")
         seen: set[str] = set()
@@ -161,6 +174,15 @@ class GatewayConfig:
                 if key in seen:
                     raise ConfigError("an api key is listed for two tenants")
                 seen.add(key)
+
+    @property
+    def worker_count(self) -> int:
+        """Gateway processes to run: ``workers``, or with 0 one per usable core (at most
+        AUTO_WORKERS_MAX), as nginx's ``worker_processes auto``. One Python process
+        serves one core; a second lets small GETs use the other (docs/PERFORMANCE.md)."""
+        if self.workers:
+            return self.workers
+        return max(1, min(AUTO_WORKERS_MAX, usable_cpus()))
 
 
 @dataclass(frozen=True)

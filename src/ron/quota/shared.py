@@ -76,36 +76,58 @@ class SharedBuckets:
 
     def take(self, key: str, cost: float, rate: float, burst: float, now: float) -> Verdict:
         """Admit and charge ``cost`` tokens, or refuse and say when to come back."""
+        if self._locking:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            return self._take(key, cost, rate, burst, now)
+        finally:
+            if self._locking:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def take_pair(
+        self,
+        first: tuple[str, float, float, float],
+        second: tuple[str, float, float, float],
+        now: float,
+    ) -> tuple[Verdict, Verdict | None]:
+        """Two takes under one lock, each ``(key, cost, rate, burst)``; the second only
+        when the first is allowed (None otherwise). A request whose response size is
+        already known charges its request and byte buckets with one lock round trip."""
+        if self._locking:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            verdict = self._take(*first, now)
+            return verdict, self._take(*second, now) if verdict.allowed else None
+        finally:
+            if self._locking:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _take(self, key: str, cost: float, rate: float, burst: float, now: float) -> Verdict:
+        """One take; the caller holds the lock when the table is shared."""
         known = self._known.get(key)
         if known is None:
             digest = blake3.blake3(key.encode()).digest(16)
             index = -1
         else:
             digest, index = known
-        if self._locking:
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-        try:
-            if index >= 0:
-                offset = _HEADER + index * _SLOT.size
-                stored, tokens, stamp = _SLOT.unpack_from(self._map, offset)
-            if index < 0 or stored != digest:
-                start = int.from_bytes(digest[:8], "little") % self.slots
-                index = self._find(digest, start, now, rate, burst)
-                offset = _HEADER + index * _SLOT.size
-                stored, tokens, stamp = _SLOT.unpack_from(self._map, offset)
-                if len(self._known) >= 4096:
-                    self._known.clear()
-                self._known[key] = (digest, index)
-            if stored != digest:
-                tokens, stamp = burst, now
-            tokens = min(burst, tokens + max(0.0, now - stamp) * rate)
-            allowed = tokens >= min(cost, 1.0)
-            if allowed:
-                tokens -= cost
-            _SLOT.pack_into(self._map, offset, digest, tokens, now)
-        finally:
-            if self._locking:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        if index >= 0:
+            offset = _HEADER + index * _SLOT.size
+            stored, tokens, stamp = _SLOT.unpack_from(self._map, offset)
+        if index < 0 or stored != digest:
+            start = int.from_bytes(digest[:8], "little") % self.slots
+            index = self._find(digest, start, now, rate, burst)
+            offset = _HEADER + index * _SLOT.size
+            stored, tokens, stamp = _SLOT.unpack_from(self._map, offset)
+            if len(self._known) >= 4096:
+                self._known.clear()
+            self._known[key] = (digest, index)
+        if stored != digest:
+            tokens, stamp = burst, now
+        tokens = min(burst, tokens + max(0.0, now - stamp) * rate)
+        allowed = tokens >= min(cost, 1.0)
+        if allowed:
+            tokens -= cost
+        _SLOT.pack_into(self._map, offset, digest, tokens, now)
         missing = max(0.0, min(cost, 1.0) - tokens) if not allowed else 0.0
         retry = missing / rate if rate > 0 else math.inf
         reset = (burst - tokens) / rate if rate > 0 else math.inf

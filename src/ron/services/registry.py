@@ -51,7 +51,10 @@ BUILTIN_SPECS: tuple[ServiceSpec, ...] = (
 def specs_for(config: Config) -> list[ServiceSpec]:
     """The specs ``config.services`` selects, keeping dependency order, with one spec per
     gateway worker (``gateway``, ``gateway-2``...): workers share the listening socket."""
-    return _expand_workers(_select(config), config.gateway.workers)
+    gateway = config.gateway
+    # One event loop gains nothing from a second gateway in it: "auto" means one there.
+    workers = 1 if config.single_process and not gateway.workers else gateway.worker_count
+    return _expand_workers(_select(config), workers)
 
 
 def _expand_workers(specs: list[ServiceSpec], workers: int) -> list[ServiceSpec]:

@@ -57,7 +57,9 @@ class Admission:
         worker_slot: int,
         node_ready: Callable[[], Awaitable[tuple[bool, dict[str, Any]]]],
     ) -> None:
-        self._buckets = SharedBuckets(run_dir / "gateway-quota.buckets", shared=config.workers > 1)
+        self._buckets = SharedBuckets(
+            run_dir / "gateway-quota.buckets", shared=config.worker_count > 1
+        )
         self._counters = SharedCounters(run_dir / "gateway-inflight.counters", worker_slot)
         self._node_ready = node_ready
         self._ready_cache: tuple[float, bool] = (0.0, False)
@@ -183,17 +185,15 @@ class Admission:
             tenant = self.tenants.resolve(None, client_host)
             if not self.quotas.enabled:
                 return Admitted(tenant, None)
-            now = time.monotonic()
-            buckets = self.quotas.buckets
-            verdict = buckets.take(tenant.request_key, 1.0, tenant.rps, tenant.burst, now)
-            if not verdict.allowed:
+            buckets, now = self.quotas.buckets, time.monotonic()
+            request = (tenant.request_key, 1.0, tenant.rps, tenant.burst)
+            if nbytes <= 0:  # HEAD: no bytes to charge, as on the ordinary path
+                verdict = buckets.take(*request, now)
+                return Admitted(tenant, verdict) if verdict.allowed else None
+            volume = (tenant.bytes_key, float(nbytes), tenant.bytes_per_s, tenant.bytes_burst)
+            verdict, spent = buckets.take_pair(request, volume, now)
+            if not verdict.allowed or (spent is not None and not spent.allowed):
                 return None
-            if nbytes > 0:
-                spent = buckets.take(
-                    tenant.bytes_key, float(nbytes), tenant.bytes_per_s, tenant.bytes_burst, now
-                )
-                if not spent.allowed:
-                    return None
             return Admitted(tenant, verdict)
         finally:
             self.end()

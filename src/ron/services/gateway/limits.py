@@ -149,5 +149,5 @@ class QuotaExhausted(RonError):
 
 def ratelimit_headers(tenant: Tenant, verdict: Verdict) -> list[tuple[bytes, bytes]]:
     """``RateLimit-Policy`` and ``RateLimit`` (draft-ietf-httpapi-ratelimit-headers)."""
-    state = f'"requests";r={math.floor(verdict.remaining)};t={max(0, math.ceil(verdict.reset))}'
-    return [(b"ratelimit-policy", tenant.policy), (b"ratelimit", state.encode())]
+    state = b'"requests";r=%d;t=%d' % (verdict.remaining, max(0, math.ceil(verdict.reset)))
+    return [(b"ratelimit-policy", tenant.policy), (b"ratelimit", state)]
