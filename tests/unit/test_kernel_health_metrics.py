@@ -7,7 +7,7 @@ import random
 from prometheus_client.parser import text_string_to_metric_families
 
 from ron.kernel import HealthState, Metrics
-from ron.kernel.metrics import merge_expositions, status_class
+from ron.kernel.metrics import RequestTally, merge_expositions, status_class
 from ron.kernel.supervisor import backoff_delay, describe_exit
 
 
@@ -71,3 +71,36 @@ def test_backoff_grows_exponentially_with_jitter_and_is_capped() -> None:
 def test_exit_reasons_name_the_code_or_signal() -> None:
     assert describe_exit(3) == "exit code 3"
     assert describe_exit(-9) == "killed by signal SIGKILL"
+
+
+def test_request_tally_renders_exactly_what_direct_observation_does() -> None:
+    """The gateway tallies its golden metrics and folds them in at each scrape; the
+    exposition must be the one per-request prometheus updates would have produced."""
+    direct, tallied = Metrics(), Metrics()
+    tally = RequestTally(tallied)
+    requests = [
+        ("/o/{addr}", "GET", 200, 0.00031, 1024, 0),
+        ("/o/{addr}", "GET", 200, 0.0001, 1024, 0),  # exactly on a bucket bound
+        ("/o/{addr}", "HEAD", 304, 0.002, 0, 0),
+        ("/put", "POST", 201, 0.75, 60, 4096),
+        ("/put", "POST", 413, 31.0, 0, 100),  # past the last bound: +Inf
+        ("/o/{addr}", "GET", 404, 0.0, 120, 0),
+    ]
+
+    def observe(m: Metrics, route: str, method: str, status: int, s: float, o: int, i: int) -> None:
+        m.requests_total.labels(route, method, status_class(status)).inc()
+        m.request_latency_seconds.labels(route).observe(s)
+        if o:
+            m.bytes_out_total.labels(route).inc(o)
+        if i:
+            m.bytes_in_total.labels(route).inc(i)
+
+    for r in requests[:3]:
+        observe(direct, *r)
+        tally.add(*r)
+    assert tallied.render() == direct.render()
+    for r in requests[3:]:
+        observe(direct, *r)
+        tally.add(*r)
+    assert tallied.render() == direct.render()
+    assert tallied.render() == direct.render()  # a flush with nothing pending changes nothing

@@ -8,7 +8,10 @@ the same golden metric from two services stays two series of one family.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import bisect
+import math
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -54,6 +57,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self._before_render: list[Callable[[], None]] = []
         r = self.registry
         self.requests_total = Counter(
             "requests_total", "Requests handled.", ["route", "method", "status"], registry=r
@@ -106,9 +110,66 @@ class Metrics:
     ) -> Histogram:
         return Histogram(name, doc, list(labels), buckets=tuple(buckets), registry=self.registry)
 
+    def before_render(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` before every exposition (to fold in values kept elsewhere)."""
+        self._before_render.append(hook)
+
     def render(self) -> bytes:
         """Prometheus text exposition of this registry alone."""
+        for hook in self._before_render:
+            hook()
         return generate_latest(self.registry)
+
+
+class RequestTally:
+    """The per-request golden metrics (``requests_total``, ``request_latency_seconds``,
+    ``bytes_out_total``, ``bytes_in_total``), tallied in plain Python and folded into
+    the registry's own counters and histogram when it is rendered.
+
+    Four locked prometheus updates per request cost a few microseconds, a visible share
+    of a small GET; a dict lookup and four additions cost a tenth of that. The exposition
+    is the same: every request observed before a scrape is in that scrape. One event
+    loop (one thread) adds; rendering runs on that loop too.
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._bounds = (*LATENCY_BUCKETS, math.inf)
+        # (route, method, status class) -> [count, seconds, bytes out, bytes in, buckets]
+        self._pending: dict[tuple[str, str, int], list[Any]] = {}
+        metrics.before_render(self.flush)
+
+    def add(
+        self, route: str, method: str, status: int, elapsed: float, out: int, into: int
+    ) -> None:
+        key = (route, method, status // 100)
+        entry = self._pending.get(key)
+        if entry is None:
+            if len(self._pending) >= 1024:  # labels come from templates; never unbounded
+                self.flush()
+            entry = self._pending[key] = [0, 0.0, 0, 0, [0] * len(self._bounds)]
+        entry[0] += 1
+        entry[1] += elapsed
+        entry[2] += out
+        entry[3] += into
+        entry[4][bisect.bisect_left(self._bounds, elapsed)] += 1
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        m = self._metrics
+        for (route, method, cls), (count, seconds, out, into, buckets) in pending.items():
+            m.requests_total.labels(route, method, f"{cls}xx").inc(count)
+            latency = m.request_latency_seconds.labels(route)
+            # Histogram.observe, n observations at once (prometheus-client is pinned; a
+            # unit test checks the exposition equals that of observe()).
+            latency._sum.inc(seconds)
+            for i, n in enumerate(buckets):
+                if n:
+                    latency._buckets[i].inc(n)
+            if out:
+                m.bytes_out_total.labels(route).inc(out)
+            if into:
+                m.bytes_in_total.labels(route).inc(into)
 
 
 def status_class(status: int) -> str:

@@ -19,7 +19,7 @@ from urllib.parse import parse_qs
 
 from ron.auth.guard import Guard
 from ron.auth.verifier import Grant, bearer_token
-from ron.kernel.metrics import CONTENT_TYPE, Metrics, status_class
+from ron.kernel.metrics import CONTENT_TYPE, Metrics, RequestTally
 from ron.proto.address import Address, parse_address
 from ron.proto.bundle import PRIVATE_MARKER
 from ron.proto.envelope import ErrorCode, RonError, sane_corr_id
@@ -118,7 +118,7 @@ class GatewayApp:
         self.admission = admission
         self.guard = guard
         self.access_log = access_log or AccessLog("gateway")
-        self._children: dict[tuple[str, str, int], tuple[Any, Any, Any, Any]] = {}
+        self._tally = RequestTally(metrics)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -207,27 +207,8 @@ class GatewayApp:
             )
 
     def observe(self, route: str, method: str, state: Exchange, elapsed: float) -> None:
-        """Golden metrics for one request; label children are cached per label set
-        (``labels()`` costs more than the increment itself)."""
-        key = (route, method, state.status // 100)
-        children = self._children.get(key)
-        if children is None:
-            m = self.metrics
-            children = (
-                m.requests_total.labels(route, method, status_class(state.status)),
-                m.request_latency_seconds.labels(route),
-                m.bytes_out_total.labels(route),
-                m.bytes_in_total.labels(route),
-            )
-            if len(self._children) < 1024:
-                self._children[key] = children
-        requests, latency, bytes_out, bytes_in = children
-        requests.inc()
-        latency.observe(elapsed)
-        if state.sent:
-            bytes_out.inc(state.sent)
-        if state.received:
-            bytes_in.inc(state.received)
+        """Golden metrics for one request (tallied; folded in at each scrape)."""
+        self._tally.add(route, method, state.status, elapsed, state.sent, state.received)
 
     # --- routing ------------------------------------------------------------------------
 

@@ -76,10 +76,11 @@ def fast_lane(app: GatewayApp) -> FastLane:
         for name, value in headers:
             if name in _ORDINARY:
                 return None
-            if name == b"x-corr-id":
-                corr_raw = corr_raw or value
-            elif name == b"accept-encoding":
-                accept = accept or value
+            # The first of each counts, as on the ordinary path.
+            if name == b"x-corr-id" and corr_raw is None:
+                corr_raw = value
+            elif name == b"accept-encoding" and accept is None:
+                accept = value
         rest = path[3:]
         if "/" in rest:
             return None  # a file of the bundle (Manifest.toml): the ordinary path
