@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import struct
 import time
 from collections.abc import Coroutine, Generator
 from typing import Any, cast
@@ -43,7 +42,6 @@ from ron.services.omnigate.gate import App, Gate
 from ron.services.omnigate.tls import ALPN
 
 log = logging.getLogger("ron.omnigate")
-_LEN = struct.Struct("<I")
 
 YIELD_EVERY = 16
 """Reply frames a handler may write back to back before it yields to other connections."""
@@ -136,19 +134,11 @@ class _Reply:
                 await asyncio.sleep(0)
 
     def _header(self, size: int) -> bytes:
-        """The 37-byte header of the next reply frame, for a payload of ``size`` bytes.
-
-        The codec builds whole frames (header + payload joined: a 64 KiB copy per
-        storage chunk). Its stream bookkeeping does not depend on the payload, so the
-        header is taken from the frame it builds for an empty payload, with ``len``
-        (the first u32, OAP-1 §2) set for the real one; the payload is then written
-        after it as is, with no copy.
-        """
+        """The header of the next reply frame, for a payload of ``size`` bytes that is
+        written after it as is (no join: a 64 KiB copy per storage chunk saved)."""
         if size > self.chunk_size:
             raise LocalProtocolError(f"a reply frame carries at most {self.chunk_size} bytes")
-        header = bytearray(self._proto.conn.send_response(self._request.req, b"", end=False))
-        _LEN.pack_into(header, 0, FIXED + size)
-        return bytes(header)
+        return self._proto.conn.response_header(self._request.req, size)
 
     async def event(self, payload: bytes) -> None:
         if self.ended:
