@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -38,6 +39,11 @@ from ron.services.storage.store import (
 )
 
 CACHE_ENTRIES = 4096
+SMALL_CACHE_BYTES = 32 * 1024 * 1024
+"""Bytes of verified small payloads kept in memory (at most ``CACHE_ENTRIES`` of them)."""
+SETTLE_NS = 1_000_000_000
+"""A payload file changed this recently is not cached: file timestamps are coarse (a
+kernel tick), so two writes within one tick could leave the same stamp behind."""
 log = logging.getLogger("ron.overlay")
 
 
@@ -113,6 +119,9 @@ class ContentReader:
         self._index_path = index_path
         self._index: IndexDB | None = None
         self._cache: OrderedDict[str, ObjectInfo] = OrderedDict()
+        # hex -> (payload path, file stamp, verified bytes): see read_small.
+        self._small: dict[str, tuple[str, tuple[int, int, int, int], bytes]] = {}
+        self._small_bytes = 0
         self._on_corrupt = on_corrupt
         self.integrity_failures = metrics.counter(
             "integrity_failures_total",
@@ -160,6 +169,7 @@ class ContentReader:
 
     def forget(self, hex_digest: str) -> None:
         self._cache.pop(hex_digest, None)
+        self._drop_small(hex_digest)
 
     def corrupt(self, info: ObjectInfo, kind: str, detail: str) -> IntegrityError:
         """Count a failed verification, have the bundle quarantined, return the error."""
@@ -173,11 +183,32 @@ class ContentReader:
     # --- payload (identity) -----------------------------------------------------------
 
     async def read_small(self, info: ObjectInfo) -> bytes:
-        """The whole payload of a small object, hashed before it is returned.
+        """The whole payload of a small object, verified against its address.
 
-        Plain ``os.open``/``os.read`` on a cached path: this runs on every small GET, and
-        a buffered file object plus a path join cost more than the read itself.
+        Verified payloads are kept (bounded) with the stamp of their file: size, mtime,
+        ctime and inode. A request whose ``stat`` finds the same stamp gets the kept
+        bytes, skipping open, read and hash; any change to the file (rewritten, replaced,
+        deleted, quarantined) changes the stamp or fails the ``stat``, and the file is
+        read and hashed again. Whatever is served has matched the address.
         """
+        path = info.payload_path
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            self.forget(info.hex)
+            raise RonError(ErrorCode.NOT_FOUND, "object vanished") from None
+        stamp = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        kept = self._small.get(info.hex)
+        if kept is not None and kept[1] == stamp and kept[0] == path:
+            return kept[2]
+        data = self._read_verified_small(info)
+        if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) >= SETTLE_NS:
+            self._keep_small(info.hex, path, stamp, data)
+        return data
+
+    def _read_verified_small(self, info: ObjectInfo) -> bytes:
+        """Read and hash the payload file (plain ``os.open``/``os.read``: a buffered file
+        object plus a path join cost more than the read itself)."""
         try:
             fd = os.open(info.payload_path, os.O_RDONLY)
         except FileNotFoundError:
@@ -193,6 +224,23 @@ class ContentReader:
         if len(data) != info.size or blake3.blake3(data).hexdigest() != info.hex:
             raise self.corrupt(info, "payload", "hash mismatch")
         return data
+
+    def _keep_small(
+        self, hex_digest: str, path: str, stamp: tuple[int, int, int, int], data: bytes
+    ) -> None:
+        self._drop_small(hex_digest)
+        small = self._small
+        while small and (
+            self._small_bytes + len(data) > SMALL_CACHE_BYTES or len(small) >= CACHE_ENTRIES
+        ):
+            self._drop_small(next(iter(small)))  # oldest first
+        small[hex_digest] = (path, stamp, data)
+        self._small_bytes += len(data)
+
+    def _drop_small(self, hex_digest: str) -> None:
+        kept = self._small.pop(hex_digest, None)
+        if kept is not None:
+            self._small_bytes -= len(kept[2])
 
     def is_small(self, info: ObjectInfo) -> bool:
         return info.size <= SMALL_OBJECT
