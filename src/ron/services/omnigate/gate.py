@@ -6,6 +6,9 @@ cheap and stateless, and a refusal there does not charge the tenant), then the
 inflight slot until its reply has ended, including while its request frames are still
 arriving, so a client cannot park unbounded work by never sending END.
 
+With several workers (``omnigate.workers``) the buckets and the inflight count are the
+node's, shared through :class:`~ron.services.omnigate.workers.SharedGateState`.
+
 Settings are read through :attr:`Gate.settings` on every decision, so a config reload
 applies to the next request; only per-connection limits (``max_frame``, budgets) apply
 from the next connection on.
@@ -30,6 +33,7 @@ from ron.proto.envelope import ErrorCode, RonError
 from ron.proto.oap import AppId, OapLimits, ServerInfo
 from ron.quota.bucket import BucketTable
 from ron.services.omnigate.apps import AppHandler
+from ron.services.omnigate.workers import SharedGateState
 
 SERVER_VERSION = f"ron-omnigate/{__version__}"
 HANDSHAKE_GRACE_S = 0.5
@@ -72,8 +76,10 @@ class Gate:
         *,
         tls: bool,
         guard: Guard | None = None,
+        shared: SharedGateState | None = None,
     ) -> None:
         self.metrics = metrics
+        self.shared = shared  # set when this is one of several workers
         self.guard = guard
         self.apps = dict(apps)
         self.tls = tls
@@ -132,7 +138,9 @@ class Gate:
         ``tenant_id`` is the verified capability's tenant when there is one, else the
         frame's numeric tenant (only on a node that does not enforce capabilities)."""
         settings = self.settings
-        if self.inflight >= settings.max_inflight:
+        shared = self.shared
+        inflight = self.inflight if shared is None else shared.inflight()
+        if inflight >= settings.max_inflight:
             self.reject("inflight")
             return RonError(
                 ErrorCode.UNAVAILABLE,
@@ -141,12 +149,14 @@ class Gate:
             )
         rate = _rate(settings, app_proto_id)
         if rate is not None:
-            wait = self._buckets.take(
-                (tenant_id, app_proto_id),
-                rate=rate,
-                burst=max(1.0, rate * settings.burst_factor),
-                now=time.monotonic(),
-            )
+            burst = max(1.0, rate * settings.burst_factor)
+            now = time.monotonic()
+            if shared is None:
+                wait = self._buckets.take(
+                    (tenant_id, app_proto_id), rate=rate, burst=burst, now=now
+                )
+            else:
+                wait = shared.take(tenant_id, app_proto_id, rate=rate, burst=burst, now=now)
             if wait is not None:
                 self.metrics.quota_exhaustions_total.labels(app.name).inc()
                 return RonError(
@@ -155,6 +165,8 @@ class Gate:
                     retry_after=max(0.001, round(wait, 3)),
                 )
         self.inflight += 1
+        if shared is not None:
+            shared.add_inflight(1)
         return None
 
     def sweep_handshakes(self, now: float) -> int:
@@ -168,6 +180,8 @@ class Gate:
 
     def release(self) -> None:
         self.inflight -= 1
+        if self.shared is not None:
+            self.shared.add_inflight(-1)
         if self.inflight == 0 and self._drained is not None:
             self._drained.set()
 
