@@ -22,7 +22,7 @@ from ron.auth.guard import Guard
 from ron.auth.verifier import Grant
 from ron.proto.address import Address, parse_address
 from ron.proto.envelope import ErrorCode, RonError
-from ron.services.overlay.reader import ContentReader, ObjectInfo
+from ron.services.overlay.reader import STREAM_CHUNK, ContentReader, ObjectInfo
 from ron.services.storage.store import iter_file
 
 KNOWN_OPS = frozenset({"get", "send", "recv", "ack", "nack", "delete", "subscribe"})
@@ -66,6 +66,11 @@ class Reply(Protocol):
     async def send(self, chunk: bytes | memoryview) -> None:
         """One more reply frame (``RESP|START`` first, then ``RESP``); waits while the
         peer is not reading, so a slow client throttles the handler, not our memory."""
+        ...
+
+    async def send_frames(self, data: bytes | memoryview) -> None:
+        """As many reply frames as ``data`` needs at ``chunk_size`` bytes each, written
+        together (large reads: fewer writes, no copies); waits as :meth:`send` does."""
         ...
 
     def end(self, payload: bytes = b"") -> None:
@@ -177,16 +182,10 @@ class StorageApp:
         await self._stream(info, reply)
 
     async def _stream(self, info: ObjectInfo, reply: Reply) -> None:
-        size = reply.chunk_size
+        # The reader reads several frames' worth at a time (fewer syscalls); each read
+        # goes out as its frames in one write, without copying.
         async for chunk in self._reader.stream_payload(info, 0, info.size - 1):
-            if len(chunk) <= size:
-                await reply.send(chunk)
-                continue
-            # The reader reads more than one frame's worth at a time (fewer syscalls);
-            # its chunk is cut into frames without copying.
-            view = memoryview(chunk)
-            for offset in range(0, len(chunk), size):
-                await reply.send(view[offset : offset + size])
+            await reply.send_frames(chunk)
         reply.end()
 
     async def _by_path(self, text: str, reply: Reply) -> None:
@@ -199,8 +198,8 @@ class StorageApp:
         except OSError:
             raise RonError(ErrorCode.NOT_FOUND, "no such tile") from None
         if st.st_size:
-            async for chunk in iter_file(file, 0, st.st_size - 1, reply.chunk_size):
-                await reply.send(chunk)
+            async for chunk in iter_file(file, 0, st.st_size - 1, STREAM_CHUNK):
+                await reply.send_frames(chunk)
         reply.end()
 
 
@@ -226,12 +225,6 @@ def resolve_tile(root: Path, text: str) -> Path:
 
 
 async def _send_bytes(data: bytes, reply: Reply) -> None:
-    size = reply.chunk_size
-    if len(data) <= size:
-        if data:
-            await reply.send(data)
-    else:
-        view = memoryview(data)
-        for offset in range(0, len(data), size):
-            await reply.send(view[offset : offset + size])
+    if data:
+        await reply.send_frames(data)
     reply.end()
