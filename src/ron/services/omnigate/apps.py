@@ -172,14 +172,19 @@ class StorageApp:
         return addr
 
     async def _by_address(self, text: str, reply: Reply, authorized: bool) -> None:
-        info = self._reader.stat(self._parse(text))
+        reader = self._reader
+        info = reader.stat(self._parse(text))
         if info.private and not authorized:
             raise RonError(ErrorCode.UNAUTHORIZED, "this object is private: a token is required")
-        if self._reader.is_small(info):
-            data = await self._reader.read_small(info)
-            await _send_bytes(data, reply)
+        if not reader.is_small(info):
+            await self._stream(info, reply)
             return
-        await self._stream(info, reply)
+        data = reader.small_payload(info)
+        if len(data) > reply.chunk_size:
+            await reply.send_frames(data)
+        elif data:
+            await reply.send(data)
+        reply.end()
 
     async def _stream(self, info: ObjectInfo, reply: Reply) -> None:
         # The reader reads several frames' worth at a time (fewer syscalls); each read
@@ -222,9 +227,3 @@ def resolve_tile(root: Path, text: str) -> Path:
     if not candidate.is_file():
         raise RonError(ErrorCode.NOT_FOUND, "no such tile")
     return candidate
-
-
-async def _send_bytes(data: bytes, reply: Reply) -> None:
-    if data:
-        await reply.send_frames(data)
-    reply.end()

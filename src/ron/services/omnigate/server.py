@@ -126,7 +126,12 @@ class _Reply:
         else:
             proto.write_parts((self._header(len(chunk)), chunk))
         self._request.nbytes_out += len(chunk)
-        await self._after_write(1)
+        if proto.paused:
+            await proto.wait_writable()
+        else:
+            self._sent += 1
+            if self._sent % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
 
     async def send_frames(self, data: bytes | memoryview) -> None:
         """Frames of ``chunk_size`` bytes (the last one shorter) for ``data``, handed to

@@ -183,7 +183,14 @@ class ContentReader:
     # --- payload (identity) -----------------------------------------------------------
 
     async def read_small(self, info: ObjectInfo) -> bytes:
+        """The whole payload of a small object, verified (see :meth:`small_payload`)."""
+        return self.small_payload(info)
+
+    def small_payload(self, info: ObjectInfo) -> bytes:
         """The whole payload of a small object, verified against its address.
+
+        Synchronous: it never waits (a stat, and on a miss a read from the page cache),
+        so a caller on the hot path need not create a coroutine for it.
 
         Verified payloads are kept (bounded) with the stamp of their file: size, mtime,
         ctime and inode. A request whose ``stat`` finds the same stamp gets the kept
