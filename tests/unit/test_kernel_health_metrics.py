@@ -7,7 +7,12 @@ import random
 from prometheus_client.parser import text_string_to_metric_families
 
 from ron.kernel import HealthState, Metrics
-from ron.kernel.metrics import merge_expositions, status_class
+from ron.kernel.metrics import (
+    counter_adder,
+    histogram_observer,
+    merge_expositions,
+    status_class,
+)
 from ron.kernel.supervisor import backoff_delay, describe_exit
 
 
@@ -71,3 +76,17 @@ def test_backoff_grows_exponentially_with_jitter_and_is_capped() -> None:
 def test_exit_reasons_name_the_code_or_signal() -> None:
     assert describe_exit(3) == "exit code 3"
     assert describe_exit(-9) == "killed by signal SIGKILL"
+
+
+def test_hot_path_adders_write_the_same_series_as_the_public_calls() -> None:
+    public, fast = Metrics(), Metrics()
+    amounts = [0.0, 0.00005, 0.0001, 0.00011, 0.003, 0.5, 29.9, 30.0, 31.0, 1e9]
+    for a in amounts:
+        public.request_latency_seconds.labels("storage").observe(a)
+        public.bytes_out_total.labels("storage").inc(a)
+    observe = histogram_observer(fast.request_latency_seconds.labels("storage"))
+    add = counter_adder(fast.bytes_out_total.labels("storage"))
+    for a in amounts:
+        observe(a)
+        add(a)
+    assert fast.render() == public.render()

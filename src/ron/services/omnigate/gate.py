@@ -28,7 +28,7 @@ from ron import __version__
 from ron.auth.guard import Guard
 from ron.auth.verifier import Grant
 from ron.kernel.config import OmnigateConfig
-from ron.kernel.metrics import Metrics, status_class
+from ron.kernel.metrics import Metrics, counter_adder, histogram_observer, status_class
 from ron.proto.envelope import ErrorCode, RonError
 from ron.proto.oap import AppId, OapLimits, ServerInfo
 from ron.quota.bucket import BucketTable
@@ -85,7 +85,7 @@ class Gate:
         self.tls = tls
         self.inflight = 0
         self._buckets: BucketTable[tuple[int | str, int]] = BucketTable(settings.quota_table_size)
-        self._children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
+        self._children: dict[tuple[str, str, int], tuple[Callable[[float], None], ...]] = {}
         self._rejected: dict[str, Any] = {}
         self.connections = metrics.gauge("oap_connections", "Open OAP/1 connections.")
         # Read at scrape time: no gauge update (and its lock) on the request path.
@@ -211,21 +211,22 @@ class Gate:
     def record(
         self, route: str, method: str, status: int, started: float, nbytes_in: int, nbytes: int
     ) -> None:
-        """One finished request in the golden metrics (children cached: hot path)."""
+        """One finished request in the golden metrics (children resolved once: hot path)."""
         key = (route, method, status)
         children = self._children.get(key)
         if children is None:
             m = self.metrics
             children = (
-                m.requests_total.labels(route, method, status_class(status)),
-                m.request_latency_seconds.labels(route),
-                (m.bytes_in_total.labels(route), m.bytes_out_total.labels(route)),
+                counter_adder(m.requests_total.labels(route, method, status_class(status))),
+                histogram_observer(m.request_latency_seconds.labels(route)),
+                counter_adder(m.bytes_in_total.labels(route)),
+                counter_adder(m.bytes_out_total.labels(route)),
             )
             self._children[key] = children
-        requests, latency, (bytes_in, bytes_out) = children
-        requests.inc()
-        latency.observe(time.perf_counter() - started)
+        count, observe, add_in, add_out = children
+        count(1)
+        observe(time.perf_counter() - started)
         if nbytes_in:
-            bytes_in.inc(nbytes_in)
+            add_in(nbytes_in)
         if nbytes:
-            bytes_out.inc(nbytes)
+            add_out(nbytes)
