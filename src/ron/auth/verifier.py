@@ -239,7 +239,8 @@ class Verifier:
         if not isinstance(token, str):
             token = bytes(token)  # hashable, and a caller's buffer may change later
         t = self._clock() if now is None else now
-        self._refresh()
+        if not self.refresh_every_s or time.monotonic() >= self._next_refresh:
+            self._refresh()
         known = self._grants.get(token)
         if known is not None:
             grant, key, aud = known

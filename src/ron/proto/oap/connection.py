@@ -453,12 +453,10 @@ class ServerConnection:
         stream. ``flags`` may add EVENT, ACK_REQ or APP_E2E; ``compress`` sets COMP when
         zstd helps and the receiver's guard rails allow it.
         """
-        corr_id, stream, wire = self._next_reply(to, end, flags)
         if compress and payload:
-            payload, wire = _maybe_compress(payload, wire, self.limits.max_frame)
-        data = self._reply_header(corr_id, stream, wire, code, len(payload)) + payload
-        self._advance(corr_id, stream, end)
-        return data
+            payload, wire = _maybe_compress(payload, _check_optional(flags), self.limits.max_frame)
+            flags = _FLAGS_BY_VALUE[wire]
+        return self._header(to, len(payload), end, code, flags) + payload
 
     def response_header(
         self, to: ReplyTarget, size: int, *, end: bool = False, flags: Flags = NO_FLAGS
@@ -470,16 +468,19 @@ class ServerConnection:
         byte once more, so the two go to the transport as they are (one ``writev``).
         The stream advances exactly as with :meth:`send_response`.
         """
-        corr_id, stream, wire = self._next_reply(to, end, flags)
-        header = self._reply_header(corr_id, stream, wire, 0, size)
-        self._advance(corr_id, stream, end)
-        return header
+        return self._header(to, size, end, 0, flags)
 
-    def _next_reply(self, to: ReplyTarget, end: bool, flags: Flags) -> tuple[int, _Stream, int]:
-        """The stream a reply goes to and the flags of its next frame (or raise)."""
+    def _header(self, to: ReplyTarget, size: int, end: bool, code: int, flags: Flags) -> bytes:
+        """The header of the next reply frame on ``to``'s stream; advances the stream.
+
+        Packed here rather than through a :class:`Frame` and :func:`encode_frame`, which
+        range-checks every field: app, tenant and corr_id come from a decoded request
+        header (in range by construction), so only the flags, ``code`` and the length
+        are left to check. This runs for every reply frame.
+        """
         if self._closed:
             raise LocalProtocolError("the connection hit a fatal error; only send_error")
-        wire = _RESP | _check_optional(flags)
+        wire = _RESP if flags is NO_FLAGS else _RESP | _check_optional(flags)
         corr_id = _echo(to.corr_id)
         stream = self._streams.get(corr_id)
         if stream is None:
@@ -488,18 +489,6 @@ class ServerConnection:
             wire |= _END
         elif stream.reply is _Reply.IDLE:
             wire |= _START
-        return corr_id, stream, wire
-
-    def _reply_header(
-        self, corr_id: int, stream: _Stream, wire: int, code: int, size: int
-    ) -> bytes:
-        """Pack a reply header without building a :class:`Frame`.
-
-        :func:`encode_frame` range-checks every field; here app, tenant and corr_id come
-        from a decoded request header (in range by construction) and ``wire`` from the
-        checks above, so only ``code`` and the length are left to check. This runs for
-        every reply frame.
-        """
         if code and not 0 <= code <= 0xFFFF:
             raise LocalProtocolError(f"code={code!r} is outside 0..65535")
         length = FIXED + size
@@ -508,7 +497,7 @@ class ServerConnection:
                 f"frame len {length} exceeds max_frame {self.limits.max_frame}"
             )
         tenant = stream.tenant_id
-        return _HEADER.pack(
+        header = _HEADER.pack(
             length,
             VERSION,
             wire,
@@ -519,12 +508,11 @@ class ServerConnection:
             0,
             corr_id,
         )
-
-    def _advance(self, corr_id: int, stream: _Stream, end: bool) -> None:
         if end:
             self._reply_done(corr_id, stream)
         else:
             stream.reply = _Reply.STREAMING
+        return header
 
     def ok_frames_for_stream(self, to: ReplyTarget, chunks: Iterable[bytes]) -> Iterator[bytes]:
         """A streamed success reply: ``RESP|START``, ``RESP``…, then an empty ``RESP|END``.
