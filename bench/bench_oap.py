@@ -14,7 +14,8 @@ same workloads over TLS 1.3 are reported beside them (ratio against the same raw
 baseline, no target: encryption is the price of the default transport).
 
 Both sides use the same lean client (an asyncio Protocol that counts reply bytes), so the
-ratio compares servers, not clients. ``BENCH_OAP_SECONDS`` sets the time per run (2 s).
+ratio compares servers, not clients. ``BENCH_OAP_SECONDS`` sets the time per run (2 s);
+``BENCH_OAP_WORKERS`` sets ``omnigate.workers`` on the node (1, the default).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ HERE = Path(__file__).resolve().parent
 
 RON = str(Path(sys.executable).with_name("ron"))
 SECONDS = float(os.environ.get("BENCH_OAP_SECONDS", "2"))
+WORKERS = int(os.environ.get("BENCH_OAP_WORKERS", "1"))
 SMALL = 1024
 LARGE = 64 * 1024 * 1024
 FRAME = LEN_PREFIX + FIXED
@@ -50,6 +52,7 @@ CONFIG = """
 tls = {tls}
 storage_rps = 100000000.0
 max_inflight = 1024
+workers = {workers}
 """
 
 
@@ -222,7 +225,7 @@ def baseline(request_len: int, reply_len: int) -> Iterator[int]:
 
 @contextlib.contextmanager
 def node(tmp: Path, tls: bool) -> Iterator[dict[str, str]]:
-    (tmp / "ron.toml").write_text(CONFIG.format(tls=str(tls).lower()))
+    (tmp / "ron.toml").write_text(CONFIG.format(tls=str(tls).lower(), workers=WORKERS))
     args = [RON, "up", "--data-dir", str(tmp / "data"), "--config", str(tmp / "ron.toml")]
     args += ["--admin", "127.0.0.1:0", "--http", "127.0.0.1:0", "--oap", "127.0.0.1:0"]
     env = {**os.environ, "RON_LOG_LEVEL": "warning"}

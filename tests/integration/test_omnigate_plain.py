@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import ssl
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -110,3 +112,32 @@ async def test_tls_client_hello_is_a_framing_error_on_a_plain_endpoint(node: Run
         await OapClient.connect(tls_url, ssl_context=ssl.create_default_context(), timeout=10)
     # The ClientHello's first four bytes read as a length far over max_frame.
     assert node.metric("rejected_total", reason="frame_too_large") == before + 1
+
+
+async def test_two_workers_share_one_tenants_quota(tmp_path: Path) -> None:
+    config = """
+[omnigate]
+tls = false
+workers = 2
+storage_rps = 0.01
+burst_factor = 1000.0
+"""
+    with run_node(tmp_path, config=config) as n:
+        status = {s["service"] for s in n.status()["services"]}
+        assert {"omnigate", "omnigate-2"} <= status
+        cap = n.mint("alpha").encode()
+        missing = "b3:" + "0" * 64
+
+        async def one(corr: int) -> int:
+            conn = await RawOap.open(n.urls["oap"], n.data_dir)  # the kernel spreads them
+            try:
+                conn.send(get_frame(corr, addr=missing, cap=cap))
+                return (await conn.reply(corr))[-1].code
+            finally:
+                await conn.close()
+
+        codes = await asyncio.gather(*(one(i + 1) for i in range(40)))
+        assert codes.count(404) == 10  # admitted: the burst, once, across both workers
+        assert codes.count(429) == 30
+        served = [n.metric("requests_total", service=w) for w in ("omnigate", "omnigate-2")]
+        assert all(v > 0 for v in served), served

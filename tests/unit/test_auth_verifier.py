@@ -423,3 +423,14 @@ def test_arbitrary_requests_raise_only_ron_error(
         )
     except RonError as exc:
         assert exc.code in (ErrorCode.UNAUTHORIZED, ErrorCode.FORBIDDEN)
+
+
+def test_a_remembered_grant_is_for_its_audience_only(
+    authority: Authority, verifier: Verifier
+) -> None:
+    token = _mint(authority, aud=OTHER_NODE)
+    verifier.check(token, method="GET", audience=OTHER_NODE, now=NOW)
+    verifier.check(token, method="GET", audience=OTHER_NODE, now=NOW)
+    assert _code(verifier.check, token, method="GET", audience=NODE, now=NOW) is (
+        ErrorCode.UNAUTHORIZED
+    )

@@ -61,3 +61,20 @@ def test_unknown_key_is_refused(tmp_path: Path) -> None:
     path.write_text("[omnigate]\nidle_timeout = 3\n")
     with pytest.raises(ConfigError, match=r"omnigate\.idle_timeout"):
         load_config(path)
+
+
+def test_workers_are_one_by_default_and_each_is_a_service() -> None:
+    from ron.services.registry import specs_for, worker_slot
+
+    assert load_config().omnigate.workers == 1
+    with pytest.raises(ConfigError):
+        load_config(env={"RON_OMNIGATE__WORKERS": "0"})
+    config = load_config(env={"RON_OMNIGATE__WORKERS": "3"})
+    names = [s.name for s in specs_for(config)]
+    assert [n for n in names if n.startswith("omnigate")] == [
+        "omnigate",
+        "omnigate-2",
+        "omnigate-3",
+    ]
+    assert [worker_slot(n) for n in ("omnigate", "omnigate-2", "omnigate-3")] == [0, 1, 2]
+    assert {s.listeners for s in specs_for(config) if s.name.startswith("omnigate")} == {("oap",)}

@@ -172,6 +172,10 @@ class Verifier:
         # a changed keyring stop matching; everything else (overlap, revocation, exp,
         # aud) is still checked on every call.
         self._verified: dict[str | bytes, tuple[Token, RootKey]] = {}
+        # The grant each of those tokens last authenticated to, with its key and the
+        # audience it was checked for: a repeat skips the caveat walk. The checks that
+        # can change between two requests (keyring, overlap, revocation, exp) still run.
+        self._grants: dict[str | bytes, tuple[Grant, RootKey, str | None]] = {}
 
     @classmethod
     def from_data_dir(cls, data_dir: Path, *, overlap_s: float) -> Verifier:
@@ -232,8 +236,22 @@ class Verifier:
         """
         if not token:
             raise _unauthorized("a capability token is required")
+        if not isinstance(token, str):
+            token = bytes(token)  # hashable, and a caller's buffer may change later
         t = self._clock() if now is None else now
-        self._refresh()
+        if not self.refresh_every_s or time.monotonic() >= self._next_refresh:
+            self._refresh()
+        known = self._grants.get(token)
+        if known is not None:
+            grant, key, aud = known
+            if (
+                aud == audience
+                and self.keyring.get(grant.key_id) is key
+                and key.usable_at(t, self.overlap_s)
+                and not self.revocations.is_revoked(grant.token_id)
+                and (grant.expires is None or t < grant.expires)
+            ):
+                return grant
         parsed, key = self._signed(token)
         if not key.usable_at(t, self.overlap_s):
             raise _unauthorized("token's key was rotated out and its overlap has ended")
@@ -261,7 +279,13 @@ class Verifier:
             raise _unauthorized("token has expired")
         if tenant is None:
             raise _unauthorized("token names no tenant")
-        return Grant(tenant, parsed.token_id_hex, parsed.key_id, parsed.caveats, expires, max_bytes)
+        grant = Grant(
+            tenant, parsed.token_id_hex, parsed.key_id, parsed.caveats, expires, max_bytes
+        )
+        if len(self._grants) >= _CACHE_SIZE:
+            self._grants.pop(next(iter(self._grants)))  # oldest first
+        self._grants[token] = (grant, key, audience)
+        return grant
 
     def _signed(self, token: str | bytes) -> tuple[Token, RootKey]:
         """Parse ``token`` and check its chain against its root key (401 otherwise)."""
@@ -287,6 +311,7 @@ class Verifier:
     def forget(self) -> None:
         """Drop cached tokens (amnesia wipe; tests)."""
         self._verified.clear()
+        self._grants.clear()
 
     def _refresh(self, *, force: bool = False) -> None:
         """Pick up rotations and revocations made by other processes (at most every

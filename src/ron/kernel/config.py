@@ -214,8 +214,11 @@ class OmnigateConfig:
     idle_timeout_s: float = 15.0
     write_timeout_s: float = 10.0
     tiles_root: Path | None = None
+    workers: int = 1
 
     def __post_init__(self) -> None:
+        if not 1 <= self.workers <= 32:
+            raise ConfigError("omnigate.workers must be 1-32")
         if not 33 <= self.max_frame <= 0xFFFF_FFFF:
             raise ConfigError("omnigate.max_frame must be within 33..4294967295")
         for name in (

@@ -118,7 +118,13 @@ class BucketTable(Generic[K]):
             self._buckets.move_to_end(key)
             if bucket.rate != rate or bucket.burst != burst:
                 bucket.reconfigure(rate, burst, now)
-        if bucket.try_take(now, cost):
+        # TokenBucket.try_take, inline: this runs for every admitted request.
+        elapsed = now - bucket.stamp
+        if elapsed > 0:
+            bucket.tokens = min(bucket.burst, bucket.tokens + elapsed * bucket.rate)
+            bucket.stamp = now
+        if bucket.tokens >= cost:
+            bucket.tokens -= cost
             return None
         return bucket.retry_after(cost)
 

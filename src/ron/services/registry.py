@@ -6,6 +6,7 @@ picks a subset (an empty list means all of them).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 
 from ron.kernel.config import Config, ConfigError
@@ -50,19 +51,21 @@ BUILTIN_SPECS: tuple[ServiceSpec, ...] = (
 
 def specs_for(config: Config) -> list[ServiceSpec]:
     """The specs ``config.services`` selects, keeping dependency order, with one spec per
-    gateway worker (``gateway``, ``gateway-2``...): workers share the listening socket."""
+    gateway and omnigate worker (``gateway``, ``gateway-2``...): workers of a service
+    share its listening socket."""
     gateway = config.gateway
     # One event loop gains nothing from a second gateway in it: "auto" means one there.
-    workers = 1 if config.single_process and not gateway.workers else gateway.worker_count
+    gateway_workers = 1 if config.single_process and not gateway.workers else gateway.worker_count
+    workers = {"gateway": gateway_workers, "omnigate": config.omnigate.workers}
     return _expand_workers(_select(config), workers)
 
 
-def _expand_workers(specs: list[ServiceSpec], workers: int) -> list[ServiceSpec]:
+def _expand_workers(specs: list[ServiceSpec], workers: Mapping[str, int]) -> list[ServiceSpec]:
     out: list[ServiceSpec] = []
     for spec in specs:
         out.append(spec)
-        if spec.name == "gateway":
-            out.extend(replace(spec, name=f"gateway-{i}") for i in range(2, workers + 1))
+        count = workers.get(spec.name, 1)
+        out.extend(replace(spec, name=f"{spec.name}-{i}") for i in range(2, count + 1))
     return out
 
 
@@ -80,3 +83,9 @@ def _select(config: Config) -> list[ServiceSpec]:
         if missing:
             raise ConfigError(f"service {spec.name!r} needs {missing[0]!r}")
     return chosen
+
+
+def worker_slot(name: str) -> int:
+    """``gateway`` is worker slot 0, ``gateway-2`` slot 1, and so on (any service)."""
+    _, _, number = name.rpartition("-")
+    return int(number) - 1 if number.isdigit() else 0

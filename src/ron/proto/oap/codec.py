@@ -19,8 +19,10 @@ from ron.proto.oap.frame import (
     MAX_FRAME,
     MAX_LEN,
     Buffer,
+    Fields,
     Frame,
     _check_prefix,
+    _fields_at,
     _frame_at,
 )
 
@@ -40,7 +42,7 @@ class FrameDecoder:
         if not FIXED <= max_frame <= MAX_LEN:
             raise ValueError(f"max_frame must be within {FIXED}..{MAX_LEN}")
         self._max_frame = max_frame
-        self._buf = bytearray()
+        self._buf: bytes | bytearray = b""
         self._pos = 0
         self._error: OapError | None = None
 
@@ -57,14 +59,35 @@ class FrameDecoder:
         """Buffer ``data`` without parsing; pair with :meth:`next_frame`."""
         if self._error is not None:
             return
-        if self._pos:
+        buf, pos = self._buf, self._pos
+        self._pos = 0
+        if pos >= len(buf):
+            # Nothing pending: frames are parsed from ``data`` where it is (no copy into
+            # our buffer) when it is immutable, as a transport's reads are.
+            self._buf = data if type(data) is bytes else bytearray(data)
+            return
+        if isinstance(buf, bytes):
+            rest = bytearray(buf[pos:])  # a partial frame left in a borrowed chunk
+            rest += data
+            self._buf = rest
+            return
+        if pos:
             # One compaction per chunk, not per frame: bounded by the partial frame left.
-            del self._buf[: self._pos]
-            self._pos = 0
-        self._buf += data
+            del buf[:pos]
+        buf += data
 
     def next_frame(self) -> Frame | None:
         """The next complete frame, or ``None`` until more bytes arrive."""
+        start = self._next_start()
+        return None if start is None else _frame_at(self._buf, start)
+
+    def next_fields(self) -> Fields | None:
+        """:meth:`next_frame` as plain values (:data:`~ron.proto.oap.frame.Fields`)."""
+        start = self._next_start()
+        return None if start is None else _fields_at(self._buf, start)
+
+    def _next_start(self) -> int | None:
+        """Where the next complete frame starts (and step past it), else ``None``."""
         if self._error is not None:
             raise self._error.clone()
         buf = self._buf
@@ -79,11 +102,11 @@ class FrameDecoder:
             raise
         if length is None or avail < LEN_PREFIX + length:
             if avail == 0 and start:
-                buf.clear()
+                self._buf = b""
                 self._pos = 0
             return None
         self._pos = start + LEN_PREFIX + length
-        return _frame_at(buf, start)
+        return start
 
     def feed(self, data: Buffer) -> list[Frame]:
         """Buffer ``data`` and return every frame it completes.

@@ -53,12 +53,15 @@ from ron.proto.oap.events import (
 )
 from ron.proto.oap.frame import (
     _FLAGS_BY_VALUE,
+    _HEADER,
+    _U64,
     FIXED,
     MAX_FRAME,
     MAX_LEN,
     VERSION,
     AppId,
     Buffer,
+    Fields,
     Flags,
     Frame,
     encode_frame,
@@ -245,6 +248,12 @@ def _stamp(exc: OapError, frame: Frame) -> OapError:
     return exc
 
 
+def _stamp_fields(exc: OapError, fields: Fields) -> OapError:
+    """:func:`_stamp` for a frame decoded as plain values."""
+    exc.flags, _, exc.app_proto_id, exc.tenant_id, exc.corr_id, _, _ = fields
+    return exc
+
+
 def _check_optional(flags: Flags) -> int:
     value = int(flags)
     if value & ~_OPTIONAL:
@@ -306,11 +315,12 @@ class ServerConnection:
         """Feed bytes read from the client; return the events they complete."""
         if self._closed:
             return []
-        self._decoder.receive_data(data)
+        decoder = self._decoder
+        decoder.receive_data(data)
         events: list[ServerEvent] = []
         while True:
             try:
-                frame = self._decoder.next_frame()
+                fields = decoder.next_fields()
             except OapError as exc:
                 if exc.fatal:
                     self._closed = True
@@ -318,85 +328,87 @@ class ServerConnection:
                     return events
                 self._refuse(exc, events)
                 continue
-            if frame is None:
+            if fields is None:
                 return events
-            self._on_frame(frame, events)
+            self._on_frame(fields, events)
 
-    def _on_frame(self, frame: Frame, events: list[ServerEvent]) -> None:
-        flags = int(frame.flags)
-        corr_id = frame.corr_id
-        if frame.app_proto_id == _HELLO:
-            events.append(Hello(corr_id, frame.tenant_id, frame.flags, frame.payload))
+    def _on_frame(self, fields: Fields, events: list[ServerEvent]) -> None:
+        flags, _, app, tenant, corr_id, cap, payload = fields
+        if app == _HELLO:
+            events.append(Hello(corr_id, tenant, _FLAGS_BY_VALUE[flags], payload))
             return
         if flags & _RESP:
-            self._refuse(self._error(frame, "RESP from a client"), events)
+            self._refuse(self._error(fields, "RESP from a client"), events)
             return
         if not flags & _REQ:
-            self._refuse(self._error(frame, "frame is neither REQ nor RESP"), events)
+            self._refuse(self._error(fields, "frame is neither REQ nor RESP"), events)
             return
-        if corr_id in self._discard:
+        if self._discard and corr_id in self._discard:
             if not flags & _START:
                 if flags & _END:
                     del self._discard[corr_id]
                 return
             del self._discard[corr_id]
         stream = self._streams.get(corr_id)
+        limits = self.limits
         if flags & _START:
             if stream is not None:
                 reason = "duplicate START" if stream.request_open else "corr_id is busy"
-                self._refuse(self._error(frame, reason), events)
+                self._refuse(self._error(fields, reason), events)
                 return
-            if len(self._streams) >= self.limits.max_streams:
+            if len(self._streams) >= limits.max_streams:
                 err = self._error(
-                    frame,
-                    f"more than {self.limits.max_streams} open streams",
+                    fields,
+                    f"more than {limits.max_streams} open streams",
                     ErrorCode.QUOTA_EXHAUSTED,
                 )
                 err.retry_after = STREAM_REFUSED_RETRY_AFTER
                 self._refuse(err, events)
                 return
-            stream = _Stream(frame.app_proto_id, frame.tenant_id, request_open=True)
+            stream = _Stream(app, tenant, True)
             self._streams[corr_id] = stream
         elif stream is None or not stream.request_open:
             what = "END" if flags & _END else "continuation"
-            self._refuse(self._error(frame, f"{what} without START"), events)
+            self._refuse(self._error(fields, f"{what} without START"), events)
             return
-        elif (frame.app_proto_id, frame.tenant_id) != (stream.app_proto_id, stream.tenant_id):
-            self._refuse(self._error(frame, "app or tenant changed within a stream"), events)
+        elif app != stream.app_proto_id or tenant != stream.tenant_id:
+            self._refuse(self._error(fields, "app or tenant changed within a stream"), events)
             return
 
         stream.frames += 1
-        if stream.frames > self.limits.max_stream_frames:
-            msg = f"stream exceeds {self.limits.max_stream_frames} frames"
-            self._refuse(self._error(frame, msg), events)
+        if stream.frames > limits.max_stream_frames:
+            msg = f"stream exceeds {limits.max_stream_frames} frames"
+            self._refuse(self._error(fields, msg), events)
             return
-        try:
-            payload = _open_payload(frame, self.limits.max_frame)
-        except OapError as exc:
-            self._refuse(_stamp(exc, frame), events)
-            return
+        if flags & _COMP and not flags & _E2E:  # E2E payloads are opaque: never opened
+            try:
+                payload = decompress_payload(payload, limits.max_frame)
+            except OapError as exc:
+                self._refuse(_stamp_fields(exc, fields), events)
+                return
         stream.nbytes += len(payload)
-        if stream.nbytes > self.limits.max_stream_bytes:
-            msg = f"stream exceeds {self.limits.max_stream_bytes} bytes"
-            self._refuse(self._error(frame, msg, ErrorCode.PAYLOAD_TOO_LARGE), events)
+        if stream.nbytes > limits.max_stream_bytes:
+            msg = f"stream exceeds {limits.max_stream_bytes} bytes"
+            self._refuse(self._error(fields, msg, ErrorCode.PAYLOAD_TOO_LARGE), events)
             return
 
-        end = bool(flags & _END)
-        app, tenant = frame.app_proto_id, frame.tenant_id
+        end = flags & _END
         if flags & _START:
             events.append(
-                RequestStarted(corr_id, app, tenant, frame.flags, frame.cap, payload, end)
+                RequestStarted(
+                    corr_id, app, tenant, _FLAGS_BY_VALUE[flags], cap, payload, bool(end)
+                )
             )
         elif payload:
-            events.append(RequestData(corr_id, app, tenant, frame.flags, payload))
+            events.append(RequestData(corr_id, app, tenant, _FLAGS_BY_VALUE[flags], payload))
         if end:
             stream.request_open = False
             events.append(RequestEnded(corr_id, app, tenant))
 
     def _error(
-        self, frame: Frame, message: str, code: ErrorCode = ErrorCode.BAD_REQUEST
+        self, fields: Fields, message: str, code: ErrorCode = ErrorCode.BAD_REQUEST
     ) -> OapError:
-        return _stamp(OapError(code, message), frame)
+        return _stamp_fields(OapError(code, message), fields)
 
     def _refuse(self, exc: OapError, events: list[ServerEvent]) -> None:
         """Report a stream-level error and stop listening to that stream's request."""
@@ -441,9 +453,34 @@ class ServerConnection:
         stream. ``flags`` may add EVENT, ACK_REQ or APP_E2E; ``compress`` sets COMP when
         zstd helps and the receiver's guard rails allow it.
         """
+        if compress and payload:
+            payload, wire = _maybe_compress(payload, _check_optional(flags), self.limits.max_frame)
+            flags = _FLAGS_BY_VALUE[wire]
+        return self._header(to, len(payload), end, code, flags) + payload
+
+    def response_header(
+        self, to: ReplyTarget, size: int, *, end: bool = False, flags: Flags = NO_FLAGS
+    ) -> bytes:
+        """The 37-byte header of the next reply frame, for ``size`` payload bytes that the
+        caller writes right after it, unchanged (code 0, no compression).
+
+        A storage reply is 64 KiB frames: joining header and payload would copy every
+        byte once more, so the two go to the transport as they are (one ``writev``).
+        The stream advances exactly as with :meth:`send_response`.
+        """
+        return self._header(to, size, end, 0, flags)
+
+    def _header(self, to: ReplyTarget, size: int, end: bool, code: int, flags: Flags) -> bytes:
+        """The header of the next reply frame on ``to``'s stream; advances the stream.
+
+        Packed here rather than through a :class:`Frame` and :func:`encode_frame`, which
+        range-checks every field: app, tenant and corr_id come from a decoded request
+        header (in range by construction), so only the flags, ``code`` and the length
+        are left to check. This runs for every reply frame.
+        """
         if self._closed:
             raise LocalProtocolError("the connection hit a fatal error; only send_error")
-        wire = _RESP | _check_optional(flags)
+        wire = _RESP if flags is NO_FLAGS else _RESP | _check_optional(flags)
         corr_id = _echo(to.corr_id)
         stream = self._streams.get(corr_id)
         if stream is None:
@@ -452,22 +489,30 @@ class ServerConnection:
             wire |= _END
         elif stream.reply is _Reply.IDLE:
             wire |= _START
-        if compress and payload:
-            payload, wire = _maybe_compress(payload, wire, self.limits.max_frame)
-        frame = Frame(
-            flags=_FLAGS_BY_VALUE[wire],
-            code=code,
-            app_proto_id=stream.app_proto_id,
-            tenant_id=stream.tenant_id,
-            corr_id=corr_id,
-            payload=payload,
+        if code and not 0 <= code <= 0xFFFF:
+            raise LocalProtocolError(f"code={code!r} is outside 0..65535")
+        length = FIXED + size
+        if length > self.limits.max_frame:
+            raise LocalProtocolError(
+                f"frame len {length} exceeds max_frame {self.limits.max_frame}"
+            )
+        tenant = stream.tenant_id
+        header = _HEADER.pack(
+            length,
+            VERSION,
+            wire,
+            code,
+            stream.app_proto_id,
+            tenant & _U64,
+            tenant >> 64,
+            0,
+            corr_id,
         )
-        data = encode_frame(frame, max_frame=self.limits.max_frame)
         if end:
             self._reply_done(corr_id, stream)
         else:
             stream.reply = _Reply.STREAMING
-        return data
+        return header
 
     def ok_frames_for_stream(self, to: ReplyTarget, chunks: Iterable[bytes]) -> Iterator[bytes]:
         """A streamed success reply: ``RESP|START``, ``RESP``…, then an empty ``RESP|END``.

@@ -207,39 +207,47 @@ def _check_prefix(buf: Buffer, start: int, avail: int, max_frame: int) -> int | 
     return int(length)
 
 
-def _frame_at(buf: Buffer, start: int) -> Frame:
-    """Build the complete, prefix-checked frame at ``start``.
+Fields = tuple[int, int, int, int, int, bytes, bytes]
+"""A decoded frame as plain values: flags (reserved bits dropped), code, app_proto_id,
+tenant_id, corr_id, cap, payload. The server's receive path works on these: building a
+:class:`Frame` per request frame cost more than unpacking its header."""
+
+
+def _fields_at(buf: Buffer, start: int) -> Fields:
+    """The complete, prefix-checked frame at ``start``, as :data:`Fields`.
 
     Raises a non-fatal :class:`OapError` for a cap on a frame without START: the framing is
     intact, so only that stream is refused. Callers advance past the frame first.
     """
-    (length, ver, flags, code, app, t_lo, t_hi, cap_len, corr_id) = _HEADER.unpack_from(buf, start)
+    (length, _, flags, code, app, t_lo, t_hi, cap_len, corr_id) = _HEADER.unpack_from(buf, start)
     flags &= KNOWN_FLAGS
+    tenant = t_lo | (t_hi << 64) if t_hi else t_lo
     if cap_len and not flags & _START:
         raise OapError(
             ErrorCode.BAD_REQUEST,
             "a cap is only allowed on a START frame",
             corr_id=corr_id,
-            tenant_id=t_lo | (t_hi << 64),
+            tenant_id=tenant,
             app_proto_id=app,
             flags=flags,
         )
     cap_start = start + HEADER_LEN
     payload_start = cap_start + cap_len
     end = start + LEN_PREFIX + length
+    if isinstance(buf, bytes):
+        cap = buf[cap_start:payload_start] if cap_len else b""
+        return flags, code, app, tenant, corr_id, cap, buf[payload_start:end]
     with memoryview(buf) as view:
         cap = bytes(view[cap_start:payload_start]) if cap_len else b""
         payload = bytes(view[payload_start:end])
-    return Frame(
-        flags=_FLAGS_BY_VALUE[flags],
-        code=code,
-        app_proto_id=app,
-        tenant_id=t_lo | (t_hi << 64),
-        corr_id=corr_id,
-        cap=cap,
-        payload=payload,
-        ver=ver,
-    )
+    return flags, code, app, tenant, corr_id, cap, payload
+
+
+def _frame_at(buf: Buffer, start: int) -> Frame:
+    """Build the complete, prefix-checked frame at ``start`` (see :func:`_fields_at`)."""
+    ver = buf[start + LEN_PREFIX]
+    flags, code, app, tenant, corr_id, cap, payload = _fields_at(buf, start)
+    return Frame(_FLAGS_BY_VALUE[flags], code, app, tenant, corr_id, cap, payload, ver)
 
 
 def decode_frame(buf: Buffer, *, max_frame: int = MAX_FRAME) -> Frame:

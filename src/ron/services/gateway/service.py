@@ -23,6 +23,7 @@ from ron.services.gateway.protocol import guarded_protocol
 from ron.services.gateway.v1 import build_v1_app
 from ron.services.index.service import index_path
 from ron.services.overlay.reader import ContentReader, QuarantineReporter
+from ron.services.registry import worker_slot
 from ron.services.storage.store import ObjectStore
 
 
@@ -125,9 +126,3 @@ class GatewayService(Service):
         self.reader.close()
         self.admission.close()
         self.access_log.flush()
-
-
-def worker_slot(name: str) -> int:
-    """``gateway`` is worker slot 0, ``gateway-2`` slot 1, and so on."""
-    _, _, number = name.rpartition("-")
-    return int(number) - 1 if number.isdigit() else 0

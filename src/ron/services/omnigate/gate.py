@@ -6,6 +6,9 @@ cheap and stateless, and a refusal there does not charge the tenant), then the
 inflight slot until its reply has ended, including while its request frames are still
 arriving, so a client cannot park unbounded work by never sending END.
 
+With several workers (``omnigate.workers``) the buckets and the inflight count are the
+node's, shared through :class:`~ron.services.omnigate.workers.SharedGateState`.
+
 Settings are read through :attr:`Gate.settings` on every decision, so a config reload
 applies to the next request; only per-connection limits (``max_frame``, budgets) apply
 from the next connection on.
@@ -25,11 +28,12 @@ from ron import __version__
 from ron.auth.guard import Guard
 from ron.auth.verifier import Grant
 from ron.kernel.config import OmnigateConfig
-from ron.kernel.metrics import Metrics, status_class
+from ron.kernel.metrics import Metrics, counter_adder, histogram_observer, status_class
 from ron.proto.envelope import ErrorCode, RonError
 from ron.proto.oap import AppId, OapLimits, ServerInfo
 from ron.quota.bucket import BucketTable
 from ron.services.omnigate.apps import AppHandler
+from ron.services.omnigate.workers import SharedGateState
 
 SERVER_VERSION = f"ron-omnigate/{__version__}"
 HANDSHAKE_GRACE_S = 0.5
@@ -72,14 +76,16 @@ class Gate:
         *,
         tls: bool,
         guard: Guard | None = None,
+        shared: SharedGateState | None = None,
     ) -> None:
         self.metrics = metrics
+        self.shared = shared  # set when this is one of several workers
         self.guard = guard
         self.apps = dict(apps)
         self.tls = tls
         self.inflight = 0
         self._buckets: BucketTable[tuple[int | str, int]] = BucketTable(settings.quota_table_size)
-        self._children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
+        self._children: dict[tuple[str, str, int], tuple[Callable[[float], None], ...]] = {}
         self._rejected: dict[str, Any] = {}
         self.connections = metrics.gauge("oap_connections", "Open OAP/1 connections.")
         # Read at scrape time: no gauge update (and its lock) on the request path.
@@ -132,7 +138,9 @@ class Gate:
         ``tenant_id`` is the verified capability's tenant when there is one, else the
         frame's numeric tenant (only on a node that does not enforce capabilities)."""
         settings = self.settings
-        if self.inflight >= settings.max_inflight:
+        shared = self.shared
+        inflight = self.inflight if shared is None else shared.inflight()
+        if inflight >= settings.max_inflight:
             self.reject("inflight")
             return RonError(
                 ErrorCode.UNAVAILABLE,
@@ -141,12 +149,14 @@ class Gate:
             )
         rate = _rate(settings, app_proto_id)
         if rate is not None:
-            wait = self._buckets.take(
-                (tenant_id, app_proto_id),
-                rate=rate,
-                burst=max(1.0, rate * settings.burst_factor),
-                now=time.monotonic(),
-            )
+            burst = max(1.0, rate * settings.burst_factor)
+            now = time.monotonic()
+            if shared is None:
+                wait = self._buckets.take(
+                    (tenant_id, app_proto_id), rate=rate, burst=burst, now=now
+                )
+            else:
+                wait = shared.take(tenant_id, app_proto_id, rate=rate, burst=burst, now=now)
             if wait is not None:
                 self.metrics.quota_exhaustions_total.labels(app.name).inc()
                 return RonError(
@@ -155,6 +165,8 @@ class Gate:
                     retry_after=max(0.001, round(wait, 3)),
                 )
         self.inflight += 1
+        if shared is not None:
+            shared.add_inflight(1)
         return None
 
     def sweep_handshakes(self, now: float) -> int:
@@ -168,6 +180,8 @@ class Gate:
 
     def release(self) -> None:
         self.inflight -= 1
+        if self.shared is not None:
+            self.shared.add_inflight(-1)
         if self.inflight == 0 and self._drained is not None:
             self._drained.set()
 
@@ -197,21 +211,22 @@ class Gate:
     def record(
         self, route: str, method: str, status: int, started: float, nbytes_in: int, nbytes: int
     ) -> None:
-        """One finished request in the golden metrics (children cached: hot path)."""
+        """One finished request in the golden metrics (children resolved once: hot path)."""
         key = (route, method, status)
         children = self._children.get(key)
         if children is None:
             m = self.metrics
             children = (
-                m.requests_total.labels(route, method, status_class(status)),
-                m.request_latency_seconds.labels(route),
-                (m.bytes_in_total.labels(route), m.bytes_out_total.labels(route)),
+                counter_adder(m.requests_total.labels(route, method, status_class(status))),
+                histogram_observer(m.request_latency_seconds.labels(route)),
+                counter_adder(m.bytes_in_total.labels(route)),
+                counter_adder(m.bytes_out_total.labels(route)),
             )
             self._children[key] = children
-        requests, latency, (bytes_in, bytes_out) = children
-        requests.inc()
-        latency.observe(time.perf_counter() - started)
+        count, observe, add_in, add_out = children
+        count(1)
+        observe(time.perf_counter() - started)
         if nbytes_in:
-            bytes_in.inc(nbytes_in)
+            add_in(nbytes_in)
         if nbytes:
-            bytes_out.inc(nbytes)
+            add_out(nbytes)

@@ -27,7 +27,9 @@ from ron.services.omnigate.gate import App, Gate
 from ron.services.omnigate.mailbox_app import MailboxApp, is_subscribe
 from ron.services.omnigate.server import OapServerProtocol
 from ron.services.omnigate.tls import TlsFiles, ensure_dev_certs, server_context
+from ron.services.omnigate.workers import SharedGateState
 from ron.services.overlay.reader import ContentReader, QuarantineReporter
+from ron.services.registry import worker_slot
 from ron.services.storage.store import ObjectStore
 
 log = logging.getLogger("ron.omnigate")
@@ -58,7 +60,13 @@ class OmnigateService(Service):
             store, index_path(ctx.config), ctx.metrics, on_corrupt=QuarantineReporter(ctx.peers)
         )
         self.guard = Guard(ctx.data_dir, ctx.config.caps, on_refusal=self._refused)
-        self.gate = Gate(settings, ctx.metrics, self._apps(), tls=self._tls, guard=self.guard)
+        self.shared: SharedGateState | None = None
+        if settings.workers > 1:
+            slot = worker_slot(ctx.name)
+            self.shared = SharedGateState(ctx.run_dir, slot, settings.quota_table_size)
+        self.gate = Gate(
+            settings, ctx.metrics, self._apps(), tls=self._tls, guard=self.guard, shared=self.shared
+        )
         ssl_context = None
         if self._tls:
             self._files = await asyncio.to_thread(tls_files, ctx.config)
@@ -110,8 +118,9 @@ class OmnigateService(Service):
         return self.gate.settings
 
     async def reconfigure(self, config: Config) -> None:
-        """Limits, quotas, timeouts and the tiles root follow a reload; ``tls`` and the
-        certificate paths need a restart (the listener was set up with them)."""
+        """Limits, quotas, timeouts and the tiles root follow a reload; ``tls``, the
+        certificate paths and ``workers`` need a restart (the listener was set up with
+        them), and so does ``quota_table_size`` with several workers (a shared file)."""
         self.gate.apply(config.omnigate)
         self.guard.reconfigure(config.caps)
 
@@ -133,3 +142,5 @@ class OmnigateService(Service):
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._server.wait_closed(), 1.0)
         self.reader.close()
+        if self.shared is not None:
+            self.shared.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -38,9 +39,11 @@ from ron.services.storage.store import (
 )
 
 CACHE_ENTRIES = 4096
-# Verified small payloads kept in memory (LRU, by total bytes): a hit costs one stat
-# instead of open + read + close + BLAKE3.
 SMALL_CACHE_BYTES = 32 * 1024 * 1024
+"""Bytes of verified small payloads kept in memory (at most ``CACHE_ENTRIES`` of them)."""
+SETTLE_NS = 1_000_000_000
+"""A payload file changed this recently is not cached: file timestamps are coarse (a
+kernel tick), so two writes within one tick could leave the same stamp behind."""
 log = logging.getLogger("ron.overlay")
 
 
@@ -116,7 +119,8 @@ class ContentReader:
         self._index_path = index_path
         self._index: IndexDB | None = None
         self._cache: OrderedDict[str, ObjectInfo] = OrderedDict()
-        self._small: OrderedDict[str, tuple[tuple[int, int, int, int], bytes]] = OrderedDict()
+        # hex -> (payload path, file stamp, verified bytes): see read_small.
+        self._small: dict[str, tuple[str, tuple[int, int, int, int], bytes]] = {}
         self._small_bytes = 0
         self._on_corrupt = on_corrupt
         self.integrity_failures = metrics.counter(
@@ -179,34 +183,60 @@ class ContentReader:
     # --- payload (identity) -----------------------------------------------------------
 
     async def read_small(self, info: ObjectInfo) -> bytes:
-        """The whole payload of a small object, hashed before it is returned.
+        """The whole payload of a small object, verified (see :meth:`small_payload`)."""
+        return self.small_payload(info)
 
-        Verified payloads are kept in a bounded LRU and served again while the file's
-        ``stat`` (inode, size, mtime, ctime) is unchanged: the bytes in memory were
-        checked against the address, and any write to the file on disk (corruption
-        included) changes its stat, so the next request reads and verifies it afresh and
-        a corruption is detected and counted as before. Plain ``os.open``/``os.read`` on
-        a cached path: a buffered file object and a path join cost more than the read.
+    def small_payload(self, info: ObjectInfo) -> bytes:
+        """The whole payload of a small object, verified against its address.
+
+        Synchronous: it never waits (a stat, and on a miss a read from the page cache),
+        so a caller on the hot path need not create a coroutine for it.
+
+        Verified payloads are kept (bounded) with the stamp of their file: size, mtime,
+        ctime and inode. A request whose ``stat`` finds the same stamp gets the kept
+        bytes, skipping open, read and hash; any change to the file (rewritten, replaced,
+        deleted, quarantined) changes the stamp or fails the ``stat``, and the file is
+        read and hashed again. Whatever is served has matched the address.
         """
         path = info.payload_path
-        cached = self._small.get(info.hex)
-        if cached is not None:
-            try:
-                st = os.stat(path)
-            except FileNotFoundError:
-                self.forget(info.hex)
-                raise RonError(ErrorCode.NOT_FOUND, "object vanished") from None
-            if cached[0] == (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
-                self._small.move_to_end(info.hex)
-                return cached[1]
-            self._drop_small(info.hex)
         try:
-            fd = os.open(path, os.O_RDONLY)
+            st = os.stat(path)
+        except FileNotFoundError:
+            self.forget(info.hex)
+            raise RonError(ErrorCode.NOT_FOUND, "object vanished") from None
+        stamp = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        kept = self._small.get(info.hex)
+        if kept is not None and kept[1] == stamp and kept[0] == path:
+            return kept[2]
+        data = self._read_verified_small(info)
+        if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) >= SETTLE_NS:
+            self._keep_small(info.hex, path, stamp, data)
+        return data
+
+    def cached_small(self, info: ObjectInfo) -> bytes | None:
+        """The kept payload of a small object if its file's stamp is unchanged, else
+        None; never reads, never raises (the fast lane's question: a miss, a vanished
+        file or a changed one goes to :meth:`small_payload`, which deals with each)."""
+        kept = self._small.get(info.hex)
+        if kept is None or kept[0] != info.payload_path:
+            return None
+        try:
+            st = os.stat(kept[0])
+        except OSError:
+            return None
+        if kept[1] != (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino):
+            return None
+        return kept[2]
+
+    def _read_verified_small(self, info: ObjectInfo) -> bytes:
+        """Read and hash the payload file (plain ``os.open``/``os.read``: a buffered file
+        object plus a path join cost more than the read itself)."""
+        try:
+            fd = os.open(info.payload_path, os.O_RDONLY)
         except FileNotFoundError:
             self.forget(info.hex)
             raise RonError(ErrorCode.NOT_FOUND, "object vanished") from None
         try:
-            st = os.fstat(fd)
             data = os.read(fd, info.size + 1)
             # A regular file reads short only at its end; loop in case one ever does not.
             while len(data) < info.size and (more := os.read(fd, info.size + 1 - len(data))):
@@ -215,37 +245,24 @@ class ContentReader:
             os.close(fd)
         if len(data) != info.size or blake3.blake3(data).hexdigest() != info.hex:
             raise self.corrupt(info, "payload", "hash mismatch")
-        self._keep_small(info.hex, (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns), data)
         return data
 
-    def cached_small(self, info: ObjectInfo) -> bytes | None:
-        """The verified payload of a small object when it is cached and its file's stat
-        is unchanged; None otherwise (then :meth:`read_small` reads, verifies, caches,
-        and deals with a missing or corrupted file)."""
-        cached = self._small.get(info.hex)
-        if cached is None:
-            return None
-        try:
-            st = os.stat(info.payload_path)
-        except OSError:
-            return None
-        if cached[0] != (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
-            return None
-        self._small.move_to_end(info.hex)
-        return cached[1]
-
-    def _keep_small(self, hex_digest: str, sig: tuple[int, int, int, int], data: bytes) -> None:
+    def _keep_small(
+        self, hex_digest: str, path: str, stamp: tuple[int, int, int, int], data: bytes
+    ) -> None:
         self._drop_small(hex_digest)
-        self._small[hex_digest] = (sig, data)
+        small = self._small
+        while small and (
+            self._small_bytes + len(data) > SMALL_CACHE_BYTES or len(small) >= CACHE_ENTRIES
+        ):
+            self._drop_small(next(iter(small)))  # oldest first
+        small[hex_digest] = (path, stamp, data)
         self._small_bytes += len(data)
-        while self._small_bytes > SMALL_CACHE_BYTES:
-            _, (_, old) = self._small.popitem(last=False)
-            self._small_bytes -= len(old)
 
     def _drop_small(self, hex_digest: str) -> None:
-        entry = self._small.pop(hex_digest, None)
-        if entry is not None:
-            self._small_bytes -= len(entry[1])
+        kept = self._small.pop(hex_digest, None)
+        if kept is not None:
+            self._small_bytes -= len(kept[2])
 
     def is_small(self, info: ObjectInfo) -> bool:
         return info.size <= SMALL_OBJECT
