@@ -18,6 +18,7 @@ from ron.services.base import Service, ServiceContext
 from ron.services.gateway.accesslog import AccessLog
 from ron.services.gateway.admission import Admission
 from ron.services.gateway.app import GatewayApp
+from ron.services.gateway.mailbox_hot import MailboxHotRoutes, mailbox_of
 from ron.services.gateway.protocol import guarded_protocol
 from ron.services.gateway.v1 import build_v1_app
 from ron.services.index.service import index_path
@@ -56,6 +57,7 @@ class GatewayService(Service):
             ready=kernel.ready,
             node_metrics=kernel.metrics_text,
             v1=build_v1_app(ctx),
+            mailbox=MailboxHotRoutes(mailbox_of(ctx.peers)),
             admission=self.admission,
             guard=self.guard,
             access_log=self.access_log,
