@@ -6,6 +6,7 @@ what the generic path produces.
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -14,6 +15,7 @@ from ron.proto.envelope import ErrorCode, RonError
 from ron.services.gateway.bodies import parse_object, render_json
 from ron.services.gateway.mailbox_hot import MailboxHotRoutes, delivery_json
 from ron.services.mailbox.jsonwire import delivery_json as delivery_dict
+from ron.services.mailbox.jsonwire import outgoing_from_json
 from ron.services.mailbox.model import Delivery
 
 
@@ -66,3 +68,21 @@ def test_duplicate_and_unknown_keys_name_the_first_offender() -> None:
         parse_object(b'{"a": NaN}', allowed)
     assert err.value.code is ErrorCode.BAD_REQUEST
     assert parse_object(b" ", allowed, allow_empty=True) == {}
+
+
+_BASE64_CASES = ["", "=", "QQ", "QQ=", "QQ==", "QQ===", "QUJD=", "QUJD", "QU JD", "QUJD\n"]
+_BASE64_CASES += ["=QUJD", "QU=JD", "QUI=", "QUJDRA==x", "QUJD-_", "é"]
+_BASE64_CASES.append(base64.b64encode(bytes(range(256))).decode())
+
+
+@pytest.mark.parametrize("text", _BASE64_CASES)
+def test_payload_base64_is_judged_as_the_reference_decoder_judges_it(text: str) -> None:
+    try:
+        want: bytes | None = base64.b64decode(text, validate=True)
+    except ValueError:
+        want = None
+    try:
+        got: bytes | None = outgoing_from_json({"payload_b64": text}).payload
+    except RonError:
+        got = None
+    assert got == want
