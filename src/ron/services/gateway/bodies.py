@@ -104,6 +104,10 @@ def _no_constants(name: str) -> Any:
     raise RonError(ErrorCode.BAD_REQUEST, f"{name} is not JSON")
 
 
+# One decoder for every body: ``json.loads`` with hooks builds a new one per call.
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+
+
 def parse_object(
     raw: bytes, allowed: frozenset[str], *, allow_empty: bool = False
 ) -> dict[str, Any]:
@@ -113,7 +117,8 @@ def parse_object(
             return {}
         raise RonError(ErrorCode.BAD_REQUEST, "a JSON object body is required")
     try:
-        body = json.loads(raw, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+        # As json.loads reads bytes: UTF-8, -16 or -32 by their first bytes.
+        body = _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
     except (ValueError, RecursionError):
         raise RonError(ErrorCode.BAD_REQUEST, "body is not valid JSON") from None
     if not isinstance(body, dict):
