@@ -62,6 +62,10 @@ class GatewayService(Service):
             guard=self.guard,
             access_log=self.access_log,
         )
+        # Make the mailbox's client now (importing its module costs a few hundred ms
+        # here), not in the first mailbox request; a node without one has none to make.
+        with contextlib.suppress(KeyError):
+            ctx.peers.get("mailbox")
         gw = ctx.config.gateway
         protocol = guarded_protocol(
             max_header_bytes=gw.max_header_bytes,
