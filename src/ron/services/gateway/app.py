@@ -46,6 +46,7 @@ from ron.services.gateway.asgi import (
 )
 from ron.services.gateway.decode import DecodeRejected, decode_body, parse_content_encoding
 from ron.services.gateway.limits import QuotaExhausted, ratelimit_headers
+from ron.services.gateway.mailbox_hot import HotHandler, MailboxHotRoutes
 from ron.services.overlay.reader import ContentReader, ObjectInfo
 from ron.services.storage.service import manifest_summary
 from ron.services.storage.store import IntegrityError, ObjectStore
@@ -105,6 +106,7 @@ class GatewayApp:
         admission: Admission,
         guard: Guard,
         v1: ASGIApp | None = None,
+        mailbox: MailboxHotRoutes | None = None,
         access_log: AccessLog | None = None,
     ) -> None:
         self.reader = reader
@@ -115,6 +117,7 @@ class GatewayApp:
         self._ready = ready
         self._node_metrics = node_metrics
         self._v1 = v1
+        self._mailbox = mailbox
         self.admission = admission
         self.guard = guard
         self.access_log = access_log or AccessLog("gateway")
@@ -225,7 +228,12 @@ class GatewayApp:
         if path.startswith("/v1/") and self._v1 is not None:
             mailbox = path.startswith("/v1/mailbox/")
             write = method == "POST" and mailbox and path.endswith("/messages")
-            return _v1_route(path), self.v1, True, write, mailbox
+            handler: _Handler = self.v1
+            if mailbox and self._mailbox is not None:
+                hot = self._mailbox.match(method, path)
+                if hot is not None:
+                    handler = _hot(self._mailbox, self.guard, *hot)
+            return _v1_route(path), handler, True, write, mailbox
         if path == "/healthz":
             return "/healthz", self.healthz, False, False, False
         if path == "/readyz":
@@ -580,6 +588,16 @@ def _v1_route(path: str) -> str:
     """A low-cardinality route label for /v1 paths: the first two segments only."""
     parts = path.split("/")
     return "/".join(parts[:3]) + ("/..." if len(parts) > 3 else "")
+
+
+def _hot(routes: MailboxHotRoutes, guard: Guard, handler: HotHandler, topic: str) -> _Handler:
+    """A hot mailbox route as a gateway handler: served without the /v1 app."""
+
+    async def serve(scope: Scope, receive: Receive, send: Send, corr: str) -> None:
+        scope["state"]["guard"] = guard
+        await routes.serve(handler, scope, receive, send, corr, topic)
+
+    return serve
 
 
 def _num(value: float) -> str:

@@ -29,8 +29,6 @@ from ron.services.gateway.fastlane import FastLane
 
 COALESCE_BYTES = 64 * 1024
 
-COALESCE_BYTES = 64 * 1024
-
 _REASONS = {
     400: b"Bad Request",
     408: b"Request Timeout",

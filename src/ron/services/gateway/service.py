@@ -19,6 +19,7 @@ from ron.services.gateway.accesslog import AccessLog
 from ron.services.gateway.admission import Admission
 from ron.services.gateway.app import GatewayApp
 from ron.services.gateway.fastlane import fast_lane
+from ron.services.gateway.mailbox_hot import MailboxHotRoutes, mailbox_of
 from ron.services.gateway.protocol import guarded_protocol
 from ron.services.gateway.v1 import build_v1_app
 from ron.services.index.service import index_path
@@ -58,10 +59,15 @@ class GatewayService(Service):
             ready=kernel.ready,
             node_metrics=kernel.metrics_text,
             v1=build_v1_app(ctx),
+            mailbox=MailboxHotRoutes(mailbox_of(ctx.peers)),
             admission=self.admission,
             guard=self.guard,
             access_log=self.access_log,
         )
+        # Make the mailbox's client now (importing its module costs a few hundred ms
+        # here), not in the first mailbox request; a node without one has none to make.
+        with contextlib.suppress(KeyError):
+            ctx.peers.get("mailbox")
         gw = ctx.config.gateway
         protocol = guarded_protocol(
             max_header_bytes=gw.max_header_bytes,

@@ -7,6 +7,7 @@ look in JSON keeps the two doors from drifting apart.
 from __future__ import annotations
 
 import base64
+import binascii
 from typing import Any
 
 from ron.proto.envelope import ErrorCode, RonError
@@ -47,7 +48,7 @@ def outgoing_from_json(item: object) -> Outgoing:
     if not isinstance(raw, str):
         raise RonError(ErrorCode.BAD_REQUEST, "payload_b64 must be a base64 string")
     try:
-        payload = base64.b64decode(raw, validate=True)
+        payload = _b64decode(raw)
     except ValueError:
         raise RonError(ErrorCode.BAD_REQUEST, "payload_b64 is not valid base64") from None
     headers = item.get("headers", {})
@@ -57,6 +58,20 @@ def outgoing_from_json(item: object) -> Outgoing:
     if key is not None and not isinstance(key, str):
         raise RonError(ErrorCode.BAD_REQUEST, "idempotency_key must be a string")
     return Outgoing(payload, headers, key)
+
+
+def _b64decode(text: str) -> bytes:
+    """``base64.b64decode(text, validate=True)``, faster for canonical input.
+
+    Strict mode accepts only canonical base64 (the alphabet, padding at the end), which
+    validate=True accepts and decodes the same way; anything strict mode refuses gets
+    the reference decoder's verdict, so no input is judged differently. Saves the
+    reference's regex pass over every payload.
+    """
+    try:
+        return binascii.a2b_base64(text, strict_mode=True)
+    except ValueError:
+        return base64.b64decode(text, validate=True)
 
 
 def receipts_from_json(body: dict[str, Any]) -> list[str]:

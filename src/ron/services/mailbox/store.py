@@ -40,9 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ulid import ULID
-
 from ron.proto.envelope import ErrorCode, RonError
+from ron.services.mailbox.ids import UlidSource
 from ron.services.mailbox.model import (
     DeadLetter,
     Delivery,
@@ -148,6 +147,13 @@ class MailboxStore:
         self._db.execute("PRAGMA temp_store=MEMORY")
         self._db.execute("PRAGMA cache_size=-16384")
         self._db.executescript(SCHEMA)
+        self._ids = UlidSource()
+        # The highest seq ever stored while this store has been open: only ``send``
+        # inserts, and this process is the only writer, so the next seq is known
+        # without asking (and a seq freed by an ack is never handed out again).
+        self._last_seq = int(
+            self._db.execute("SELECT IFNULL(MAX(seq), 0) FROM messages").fetchone()[0]
+        )
 
     def close(self) -> None:
         self._db.close()
@@ -182,8 +188,9 @@ class MailboxStore:
         bodies: list[tuple[int, str, bytes]] = []
         keys: list[tuple[str, str, str, int]] = []
         fresh: dict[str, str] = {}  # keys first seen in this batch
+        ids = iter(self._ids.take(len(entries)))
+        seq = self._last_seq
         with self._tx() as db:
-            seq = int(db.execute("SELECT IFNULL(MAX(seq), 0) FROM messages").fetchone()[0])
             for entry in entries:
                 key = entry.idempotency_key
                 if key is not None:
@@ -199,7 +206,7 @@ class MailboxStore:
                         out.append(SendResult(known, duplicate=True))
                         continue
                 seq += 1
-                msg_id = str(ULID())
+                msg_id = next(ids)
                 rows.append((seq, msg_id, topic, now))
                 bodies.append((seq, _dump_headers(entry.headers), entry.payload))
                 if key is not None:
@@ -218,6 +225,7 @@ class MailboxStore:
                     " VALUES (?, ?, ?, ?)",
                     keys,
                 )
+        self._last_seq = seq  # committed
         return out
 
     # ---- receive ---------------------------------------------------------------------

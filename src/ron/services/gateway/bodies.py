@@ -1,0 +1,195 @@
+"""Request bodies of the JSON APIs, on plain ASGI: bounded reads, strict JSON, replies.
+
+Framework-free on purpose: the mailbox's hot routes run on the gateway's raw ASGI path
+and its other routes on Starlette, and both must refuse the same bodies with the same
+codes. So the rules live here once, over ``(scope, receive)``: a body is read with a
+hard bound before anything is parsed (413 as soon as it is known to be too large), and
+JSON is parsed strictly (objects only, no unknown or duplicate keys, no NaN, exact
+types).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from ron.proto.envelope import ErrorCode, RonError
+from ron.services.gateway.asgi import Headers, Receive, Scope, Send, header
+
+T = TypeVar("T")
+
+MAX_CONTROL_BODY = 64 * 1024
+
+# Replies render exactly as Starlette's JSONResponse does, whichever path served them.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
+
+
+class UnreadBody(RonError):
+    """A refusal sent before the request body was read: the connection must close, or
+    the unread bytes would be parsed as the next request."""
+
+
+def render_json(obj: Any) -> bytes:
+    """``obj`` as the JSON APIs answer it (compact, UTF-8, no NaN)."""
+    return _ENCODER.encode(obj).encode()
+
+
+async def reply_json(send: Send, status: int, body: bytes, extra: Headers | None = None) -> None:
+    """A complete JSON response (Content-Length, no chunking)."""
+    headers = [
+        *JSON_HEADERS,
+        *(extra or ()),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def reply_error(send: Send, exc: RonError, corr: str) -> None:
+    """The error envelope as the /v1 APIs send it (Retry-After when the error has one;
+    ``Connection: close`` for a refusal that left the body unread)."""
+    extra: Headers = []
+    if exc.retry_after is not None:
+        extra.append((b"retry-after", str(max(1, round(exc.retry_after))).encode()))
+    if isinstance(exc, UnreadBody):
+        extra.append((b"connection", b"close"))
+    await reply_json(send, exc.status, render_json(exc.envelope(corr)), extra)
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole body, refusing (413) as soon as it is known to exceed ``limit``."""
+    declared = header(scope, b"content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise UnreadBody(ErrorCode.BAD_REQUEST, "Content-Length is not a number")
+        if int(declared) > limit:
+            raise UnreadBody(ErrorCode.PAYLOAD_TOO_LARGE, f"body exceeds {limit} bytes")
+    encoding = header(scope, b"content-encoding")
+    if encoding is not None and encoding != "identity":
+        raise UnreadBody(ErrorCode.UNSUPPORTED_MEDIA_TYPE, "compressed request bodies are refused")
+    message = await receive()
+    if message["type"] == "http.request" and not message.get("more_body", False):
+        # The common case: the whole body came in one message (no copy).
+        body: bytes = message.get("body", b"")
+        if len(body) > limit:
+            raise UnreadBody(ErrorCode.PAYLOAD_TOO_LARGE, f"body exceeds {limit} bytes")
+        return body
+    buf = bytearray()
+    while True:
+        if message["type"] != "http.request":
+            raise RonError(ErrorCode.BAD_REQUEST, "client disconnected mid-body")
+        buf += message.get("body", b"")
+        if len(buf) > limit:
+            raise UnreadBody(ErrorCode.PAYLOAD_TOO_LARGE, f"body exceeds {limit} bytes")
+        if not message.get("more_body", False):
+            return bytes(buf)
+        message = await receive()
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise RonError(ErrorCode.BAD_REQUEST, f"duplicate key {key!r}")
+            seen.add(key)
+    return out
+
+
+def _no_constants(name: str) -> Any:
+    raise RonError(ErrorCode.BAD_REQUEST, f"{name} is not JSON")
+
+
+# One decoder for every body: ``json.loads`` with hooks builds a new one per call.
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+
+
+def parse_object(
+    raw: bytes, allowed: frozenset[str], *, allow_empty: bool = False
+) -> dict[str, Any]:
+    """A JSON object with only ``allowed`` keys; an empty body is ``{}`` if allowed."""
+    if not raw.strip():
+        if allow_empty:
+            return {}
+        raise RonError(ErrorCode.BAD_REQUEST, "a JSON object body is required")
+    try:
+        # As json.loads reads bytes: UTF-8, -16 or -32 by their first bytes.
+        body = _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
+    except (ValueError, RecursionError):
+        raise RonError(ErrorCode.BAD_REQUEST, "body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise RonError(ErrorCode.BAD_REQUEST, "body must be a JSON object")
+    if not allowed.issuperset(body):
+        unknown = set(body) - allowed
+        raise RonError(ErrorCode.BAD_REQUEST, f"unknown key {sorted(unknown)[0]!r}")
+    return body
+
+
+async def read_object(
+    scope: Scope,
+    receive: Receive,
+    allowed: frozenset[str],
+    *,
+    limit: int = MAX_CONTROL_BODY,
+    allow_empty: bool = False,
+) -> dict[str, Any]:
+    """Read the body (bounded by ``limit``) and parse it with :func:`parse_object`."""
+    return parse_object(await read_body(scope, receive, limit), allowed, allow_empty=allow_empty)
+
+
+def json_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RonError(ErrorCode.BAD_REQUEST, f"{name} must be an integer")
+    return value
+
+
+def json_number_or_none(value: object, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise RonError(ErrorCode.BAD_REQUEST, f"{name} must be a number")
+    return float(value)
+
+
+async def until_disconnect(receive: Receive, call: Awaitable[T]) -> T:
+    """Run a waiting call, abandoning it if the client goes away meanwhile.
+
+    Abandoning cancels the IPC call, and the mailbox cancels the wait: a long-poll whose
+    client left does not lease messages to nobody. One future woken by whichever task
+    ends first (not ``asyncio.wait`` and ``gather``, which cost more than the rest of a
+    receive's handling in the gateway).
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(call)
+    watcher = loop.create_task(_disconnected(receive))
+    first: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: object) -> None:
+        if not first.done():
+            first.set_result(None)
+
+    task.add_done_callback(wake)
+    watcher.add_done_callback(wake)
+    try:
+        await first
+        if task.done():
+            return task.result()
+        raise RonError(ErrorCode.BAD_REQUEST, "client disconnected")
+    finally:
+        task.remove_done_callback(wake)
+        watcher.remove_done_callback(wake)
+        watcher.cancel()  # nothing waits for it: it just stops reading
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+async def _disconnected(receive: Callable[[], Awaitable[Any]]) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return

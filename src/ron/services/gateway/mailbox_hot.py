@@ -1,0 +1,232 @@
+"""The mailbox's hot routes on the gateway's raw ASGI path: send, batch send, receive,
+ack, nack and extend (docs/specs/HTTP-API.md, "Mailbox").
+
+Why not Starlette: a mailbox request is small and frequent, and routing, middleware and
+``Request``/``JSONResponse`` objects cost about as much gateway CPU as the rest of the
+request together. These routes are matched by hand (``POST`` on an exact path shape)
+and served here; everything else under ``/v1`` (and these paths with another method or
+a trailing slash) still goes to the Starlette app, which mounts these same handlers, so
+there is one implementation of each route whichever way a request arrives.
+
+The rules are the ones every /v1 route applies: the capability is checked against the
+route and topic before the body is read, bodies are read with a hard bound and parsed
+strictly (:mod:`~ron.services.gateway.bodies`), and refusals leave as the /v1 error
+envelope.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from ron.auth.guard import Guard
+from ron.auth.verifier import Grant
+from ron.kernel.config import MAILBOX_HARD_MAX_PAYLOAD
+from ron.proto.envelope import ErrorCode, RonError
+from ron.services.gateway.asgi import Receive, Scope, Send
+from ron.services.gateway.bodies import (
+    json_int,
+    json_number_or_none,
+    read_body,
+    read_object,
+    render_json,
+    reply_error,
+    reply_json,
+    until_disconnect,
+)
+from ron.services.mailbox.api import MailboxAPI
+from ron.services.mailbox.jsonwire import outgoing_from_json, receipts_from_json
+from ron.services.mailbox.model import MAX_BATCH, Delivery, entry_budget
+
+HEADER_PREFIX = "x-ron-header-"
+_HEADER_PREFIX = HEADER_PREFIX.encode()
+# A batch is JSON with base64 payloads: 4/3 of the largest budget, plus the JSON around it.
+MAX_BATCH_BODY = entry_budget(MAILBOX_HARD_MAX_PAYLOAD) * 4 // 3 + 64 * 1024
+
+_RECEIVE_KEYS = frozenset({"max", "visibility_s", "wait_s"})
+_RECEIPTS = frozenset({"receipts"})
+_NACK_KEYS = frozenset({"receipts", "delay_s"})
+_EXTEND_KEYS = frozenset({"receipts", "visibility_s"})
+_MESSAGES = frozenset({"messages"})
+
+# (scope, receive, send, corr id, topic or "" for the settle routes)
+HotHandler = Callable[[Scope, Receive, Send, str, str], Awaitable[None]]
+GetMailbox = Callable[[], MailboxAPI]
+
+
+def authorize(
+    guard: Guard | None, grant: Grant | None, method: str, path: str, topic: str | None
+) -> tuple[str, ...] | None:
+    """Check the request's capability against this route and topic (403 otherwise).
+
+    The gateway has already authenticated the token (401) before the request got here.
+    With ``topic=None`` (ack, nack, extend name receipts, not topics) the token's topic
+    caveats are returned for the mailbox to check against each message's topic.
+    """
+    if grant is None or guard is None:
+        return None
+    guard.authorize(grant, method=method, path=path, topic=topic, defer_topic=topic is None)
+    return grant.topic_patterns if topic is None else None
+
+
+def delivery_json(d: Delivery) -> str:
+    """One delivery as JSON text, the shape of ``jsonwire.delivery_json`` rendered the
+    way the API renders it; msg ids, receipts and base64 need no escaping."""
+    headers = render_json(dict(d.headers)).decode() if d.headers else "{}"
+    return (
+        f'{{"msg_id":"{d.msg_id}","receipt":"{d.receipt}",'
+        f'"payload_b64":"{base64.b64encode(d.payload).decode("ascii")}",'
+        f'"headers":{headers},"delivery_count":{int(d.delivery_count)},'
+        f'"enqueued_ms":{int(d.enqueued_ms)}}}'
+    )
+
+
+class MailboxHotRoutes:
+    """Dispatch and handlers of the hot mailbox routes for one gateway process."""
+
+    def __init__(self, mailbox: GetMailbox) -> None:
+        self._mailbox = mailbox
+        self._by_verb: dict[str, HotHandler] = {
+            "messages": self.send,
+            "batch": self.send_batch,
+            "receive": self.receive,
+        }
+        self._settle: dict[str, HotHandler] = {
+            "ack": self.ack,
+            "nack": self.nack,
+            "extend": self.extend,
+        }
+
+    def match(self, method: str, path: str) -> tuple[HotHandler, str] | None:
+        """(handler, topic) for ``POST`` on a hot path shape, else None (the caller
+        falls back to the /v1 app). ``path`` starts with ``/v1/mailbox/``."""
+        if method != "POST":
+            return None
+        rest = path[12:]
+        first, slash, verb = rest.partition("/")
+        if not first:
+            return None
+        if not slash:
+            handler = self._settle.get(first)
+            return None if handler is None else (handler, "")
+        found = self._by_verb.get(verb)
+        return None if found is None else (found, first)
+
+    async def serve(
+        self, handler: HotHandler, scope: Scope, receive: Receive, send: Send, corr: str, topic: str
+    ) -> None:
+        """Run ``handler``; refusals leave as the /v1 error envelope."""
+        try:
+            await handler(scope, receive, send, corr, topic)
+        except RonError as exc:
+            await reply_error(send, exc, corr)
+
+    @staticmethod
+    def _allow(scope: Scope, topic: str | None) -> tuple[str, ...] | None:
+        state = scope["state"]
+        grant: Grant | None = state.get("grant")
+        if grant is None:
+            return None
+        return authorize(state.get("guard"), grant, scope["method"], scope["path"], topic)
+
+    # ---- send ------------------------------------------------------------------------
+
+    async def send(self, scope: Scope, receive: Receive, send: Send, corr: str, topic: str) -> None:
+        self._allow(scope, topic)
+        payload = await read_body(scope, receive, MAILBOX_HARD_MAX_PAYLOAD)
+        headers: dict[str, str] = {}
+        key: str | None = None
+        for name, value in scope["headers"]:
+            if name.startswith(_HEADER_PREFIX):
+                headers[name[len(_HEADER_PREFIX) :].decode("latin-1")] = value.decode("latin-1")
+            elif key is None and name == b"idempotency-key":
+                key = value.decode("latin-1")
+        result = await self._mailbox().send(topic, payload, headers=headers, idempotency_key=key)
+        body = f'{{"msg_id":"{result.msg_id}","duplicate":{_BOOL[result.duplicate]}}}'
+        await reply_json(send, 201, body.encode())
+
+    async def send_batch(
+        self, scope: Scope, receive: Receive, send: Send, corr: str, topic: str
+    ) -> None:
+        self._allow(scope, topic)
+        body = await read_object(scope, receive, _MESSAGES, limit=MAX_BATCH_BODY)
+        items = body.get("messages")
+        if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
+            raise RonError(ErrorCode.BAD_REQUEST, f"messages must be a list of 1..{MAX_BATCH}")
+        entries = [outgoing_from_json(item) for item in items]
+        results = await self._mailbox().send_batch(topic, entries)
+        parts = ",".join(
+            f'{{"msg_id":"{r.msg_id}","duplicate":{_BOOL[r.duplicate]}}}' for r in results
+        )
+        await reply_json(send, 201, f'{{"messages":[{parts}]}}'.encode())
+
+    # ---- receive ---------------------------------------------------------------------
+
+    async def receive(
+        self, scope: Scope, receive: Receive, send: Send, corr: str, topic: str
+    ) -> None:
+        self._allow(scope, topic)
+        body = await read_object(scope, receive, _RECEIVE_KEYS, allow_empty=True)
+        limit = json_int(body.get("max", 1), "max")
+        visibility = json_number_or_none(body.get("visibility_s"), "visibility_s")
+        wait = json_number_or_none(body.get("wait_s"), "wait_s") or 0.0
+        call = self._mailbox().receive(
+            topic, max_messages=limit, visibility_s=visibility, wait_s=wait
+        )
+        got = await until_disconnect(receive, call) if wait > 0 else await call
+        await reply_json(send, 200, _messages(got))
+
+    # ---- settle ----------------------------------------------------------------------
+
+    async def ack(self, scope: Scope, receive: Receive, send: Send, corr: str, topic: str) -> None:
+        topics = self._allow(scope, None)
+        body = await read_object(scope, receive, _RECEIPTS)
+        settled = await self._mailbox().ack(receipts_from_json(body), topics=topics)
+        await reply_json(send, 200, _settled("acked", settled.done, settled.gone))
+
+    async def nack(self, scope: Scope, receive: Receive, send: Send, corr: str, topic: str) -> None:
+        topics = self._allow(scope, None)
+        body = await read_object(scope, receive, _NACK_KEYS)
+        delay = json_number_or_none(body.get("delay_s"), "delay_s") or 0.0
+        settled = await self._mailbox().nack(receipts_from_json(body), delay_s=delay, topics=topics)
+        await reply_json(send, 200, _settled("released", settled.done, settled.gone))
+
+    async def extend(
+        self, scope: Scope, receive: Receive, send: Send, corr: str, topic: str
+    ) -> None:
+        topics = self._allow(scope, None)
+        body = await read_object(scope, receive, _EXTEND_KEYS)
+        visibility = json_number_or_none(body.get("visibility_s"), "visibility_s")
+        if visibility is None:
+            raise RonError(ErrorCode.BAD_REQUEST, "visibility_s is required")
+        settled = await self._mailbox().extend(
+            receipts_from_json(body), visibility_s=visibility, topics=topics
+        )
+        await reply_json(send, 200, _settled("extended", settled.done, settled.gone))
+
+
+_BOOL = {False: "false", True: "true"}
+
+
+def _messages(got: Sequence[Delivery]) -> bytes:
+    return ('{"messages":[' + ",".join(delivery_json(d) for d in got) + "]}").encode()
+
+
+def _settled(verb: str, done: int, gone: int) -> bytes:
+    return f'{{"{verb}":{int(done)},"gone":{int(gone)}}}'.encode()
+
+
+def mailbox_of(ctx_peers: Any) -> GetMailbox:
+    """The mailbox peer, looked up per request (it may be enabled by a reload)."""
+
+    def get() -> MailboxAPI:
+        try:
+            peer: MailboxAPI = ctx_peers.get("mailbox")
+        except KeyError:
+            raise RonError(
+                ErrorCode.NOT_FOUND, "the mailbox service is not enabled on this node"
+            ) from None
+        return peer
+
+    return get
