@@ -65,3 +65,40 @@ def test_counters_sum_over_workers_and_reset_on_restart(tmp_path: Path) -> None:
     assert a.total() == b.total() == 5
     SharedCounters(tmp_path / "c", 1)  # worker 1 restarted: its phantom count is gone
     assert a.total() == 3
+
+
+def test_a_fast_tenant_settles_in_batches_and_every_token_is_charged(tmp_path: Path) -> None:
+    """At 10,000/s a worker settles with the table about once per lease (100 tokens),
+    and once it settles everything it admitted is in the shared bucket."""
+    worker = SharedBuckets(tmp_path / "q", shared=True)
+    rate = burst = 10_000.0
+    verdicts = [worker.take("t", 1, rate, burst, now=i * 1e-6) for i in range(1000)]
+    assert all(v.allowed for v in verdicts)
+    assert worker.settles <= 1000 // 100 + 2
+    worker.settle_all(now=1e-3)
+    probe = SharedBuckets(tmp_path / "q", shared=True)
+    left = probe.take("t", 0, rate, burst, now=1e-3).remaining
+    assert burst - 1000 <= left <= burst - 1000 + 1e-3 * rate  # plus what refilled
+
+
+def test_a_slow_tenant_is_judged_by_the_table_on_every_request(tmp_path: Path) -> None:
+    worker = SharedBuckets(tmp_path / "q", shared=True)
+    for i in range(20):
+        worker.take("t", 1, rate=50.0, burst=100.0, now=i * 1e-4)  # lease 0.5: none local
+    assert worker.settles == 20
+
+
+def test_two_workers_overshoot_an_empty_bucket_by_at_most_a_lease(tmp_path: Path) -> None:
+    a = SharedBuckets(tmp_path / "q", shared=True)
+    b = SharedBuckets(tmp_path / "q", shared=True)
+    rate, burst = 10_000.0, 1000.0  # lease: 100 tokens per 10 ms
+    admitted = 0
+    now = 0.0
+    for i in range(3000):  # 3000 requests in 3 ms: far past the burst
+        now = i * 1e-6
+        admitted += (a if i % 2 else b).take("t", 1, rate, burst, now).allowed
+    assert burst <= admitted <= burst + now * rate + 100
+    a.settle_all(now)
+    b.settle_all(now)
+    # Whatever was admitted is owed: the bucket is empty or in debt, not refilled.
+    assert not SharedBuckets(tmp_path / "q", shared=True).take("t", 1, rate, burst, now).allowed
