@@ -236,10 +236,10 @@ def test_a_download_cut_midway_resumes_with_a_range(
         assert via_proxy.get(addr, corr_id=f"sdk-resume-{flavor}") == data
     assert len(events) == 1 and events[0].corr_id == f"sdk-resume-{flavor}"
     lines = wait_for_lines(node, f"sdk-resume-{flavor}", 2)
-    assert [line["status"] for line in lines] == [
-        200,
-        206,
-    ]  # the second attempt asked only for the rest
+    # The second attempt asked only for the rest. (Sorted: with several gateway workers
+    # the two requests may be served and logged by different processes, and the cut one
+    # is logged when its worker notices, which can be after the resumed one.)
+    assert sorted(line["status"] for line in lines) == [200, 206]
 
 
 def drain_tiny_bucket(node: RunningNode) -> None:
