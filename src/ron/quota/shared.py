@@ -14,8 +14,7 @@ token, and its full cost (e.g. the bytes of a large object) is then taken, so on
 object larger than the burst is still servable, and the tenant then waits it off.
 
 Settling in batches: the lock and the table update cost about as much as the rest of a
-small GET's admission, so a worker of a shared table may admit a tenant's requests on
-its own view for up to ``SETTLE_S`` (10 ms) after it last settled with the table,
+small GET's admission, so a worker may admit a tenant's requests on its own view for up to ``SETTLE_S`` (10 ms) after it last settled with the table,
 charging at most a *lease* of ``rate * SETTLE_S`` tokens (what the tenant earns in
 those 10 ms), and only while its view keeps at least another lease in the bucket; then
 it settles: the tokens it charged locally are taken from the shared bucket (always: they
@@ -28,13 +27,11 @@ other workers admitted in their own windows (at most one lease each), and then o
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import math
 import mmap
 import os
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -111,26 +108,30 @@ class SharedBuckets:
         if not any(local.debt for local in self._local.values()):
             self._local.clear()
             return
-        with self._locked():
+        self._lock()
+        try:
             self._charge_debts()
+        finally:
+            self._unlock()
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _lock(self) -> None:
         if self._locking:
             fcntl.flock(self._fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if self._locking:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _unlock(self) -> None:
+        if self._locking:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def take(self, key: str, cost: float, rate: float, burst: float, now: float) -> Verdict:
         """Admit and charge ``cost`` tokens, or refuse and say when to come back."""
         verdict = self._local_take(key, cost, rate, burst, now)
         if verdict is not None:
             return verdict
-        with self._locked():
+        self._lock()
+        try:
             return self._settle(key, cost, rate, burst, now)
+        finally:
+            self._unlock()
 
     def take_pair(
         self,
@@ -167,11 +168,17 @@ class SharedBuckets:
             second_verdict = self._local_take(*second, now)
             if second_verdict is not None:
                 return verdict, second_verdict
-            with self._locked():
+            self._lock()
+            try:
                 return verdict, self._settle(*second, now)
-        with self._locked():
+            finally:
+                self._unlock()
+        self._lock()
+        try:
             verdict = self._settle(*first, now)
             return verdict, self._settle(*second, now) if verdict.allowed else None
+        finally:
+            self._unlock()
 
     def _local_take(
         self, key: str, cost: float, rate: float, burst: float, now: float
@@ -196,7 +203,7 @@ class SharedBuckets:
         verdict, tokens = self._take(key, cost, rate, burst, now, local.debt if local else 0.0)
         self.settles += 1
         lease = rate * SETTLE_S
-        if self._locking and lease >= 1.0 and verdict.allowed:
+        if lease >= 1.0 and verdict.allowed:
             if len(self._local) >= LOCAL_KEYS:
                 self._charge_debts()  # charge before forgetting
             self._local[key] = _Local(tokens, now, lease)
