@@ -14,15 +14,16 @@ token, and its full cost (e.g. the bytes of a large object) is then taken, so on
 object larger than the burst is still servable, and the tenant then waits it off.
 
 Settling in batches: the lock and the table update cost about as much as the rest of a
-small GET's admission, so a worker may admit a tenant's requests on its own view for up to ``SETTLE_S`` (10 ms) after it last settled with the table,
-charging at most a *lease* of ``rate * SETTLE_S`` tokens (what the tenant earns in
-those 10 ms), and only while its view keeps at least another lease in the bucket; then
-it settles: the tokens it charged locally are taken from the shared bucket (always: they
-were admitted), and the new request is judged on the shared state. Every admitted token
-is charged; what batching changes is *when*. A tenant whose rate is under 100 per second
-has a lease under one token and is judged by the table on every request, exactly as
-before; a faster one may, for at most 10 ms, be admitted past an empty bucket by what the
-other workers admitted in their own windows (at most one lease each), and then owes it.
+small GET's admission, so a worker may admit a tenant's requests on its own view for up
+to ``SETTLE_S`` (10 ms) after it last settled with the table, charging at most a
+*lease* of ``rate * SETTLE_S`` tokens (what the tenant earns in those 10 ms), and only
+while its view keeps at least another lease in the bucket; then it settles: the tokens
+it charged locally are taken from the shared bucket (always: they were admitted), and
+the new request is judged on the shared state. Every admitted token is charged; what
+batching changes is *when*. A tenant whose rate is under 100 per second has a lease
+under one token and is judged by the table on every request, exactly as before; a
+faster one may, for at most 10 ms, be admitted past an empty bucket by what the other
+workers admitted in their own windows (at most one lease each), and then owes it.
 """
 
 from __future__ import annotations
