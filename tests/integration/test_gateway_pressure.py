@@ -297,3 +297,15 @@ burst = 10
             for w in ("gateway", "gateway-2")
         ]
         assert all(v > 0 for v in served), served
+
+
+def test_gateway_readyz_is_fresh_on_every_worker_right_after_start(tmp_path: Path) -> None:
+    """Once ``ron up`` says ready, every gateway worker's /readyz says so too, on its
+    first probe: a worker's cached view of the node (taken when it started, before the
+    services after it were up) must not answer a probe."""
+    with run_node(tmp_path) as n:
+        statuses = []
+        for _ in range(8):  # a fresh connection each: they land on either worker
+            with httpx.Client() as client:
+                statuses.append(client.get(f"{n.http}/readyz").status_code)
+        assert statuses == [200] * 8, statuses

@@ -113,6 +113,10 @@ class Admission:
             self._refreshing = asyncio.get_running_loop().create_task(self._refresh())
         return ok
 
+    def record_node_ready(self, ok: bool) -> None:
+        """A fresh answer from the kernel, fetched by someone else (``/readyz``)."""
+        self._ready_cache = (time.monotonic(), ok)
+
     async def _refresh(self) -> None:
         try:
             ok, _ = await self._node_ready()

@@ -278,6 +278,10 @@ class GatewayApp:
 
     async def readyz(self, scope: Scope, receive: Receive, send: Send, corr: str) -> None:
         ok, snap = await self._ready()
+        # Judge on this answer, not on the worker's cached one: that was primed when the
+        # gateway started, before the services after it were up, and a probe must not
+        # see a stale "down" once per worker.
+        self.admission.record_node_ready(ok)
         reason = self.admission.degraded_reason()
         if reason is not None:
             ok = False
