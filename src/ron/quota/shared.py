@@ -143,27 +143,6 @@ class SharedBuckets:
         """Two takes, each ``(key, cost, rate, burst)``; the second only when the first
         is allowed (None otherwise). A request whose response size is already known
         charges its request and byte buckets with at most one lock round trip."""
-        key1, cost1, rate1, burst1 = first
-        key2, cost2, rate2, burst2 = second
-        view1, view2 = self._local.get(key1), self._local.get(key2)
-        if view1 is not None and view2 is not None:
-            # Both on this worker's views: the common case of a busy tenant, inlined.
-            age1, age2 = now - view1.stamp, now - view2.stamp
-            debt1, debt2 = view1.debt + cost1, view2.debt + cost2
-            if (
-                0.0 <= age1 < SETTLE_S
-                and 0.0 <= age2 < SETTLE_S
-                and debt1 <= view1.lease
-                and debt2 <= view2.lease
-            ):
-                left1 = min(burst1, view1.tokens + age1 * rate1) - debt1
-                left2 = min(burst2, view2.tokens + age2 * rate2) - debt2
-                if left1 >= view1.lease and left2 >= view2.lease:
-                    view1.debt, view2.debt = debt1, debt2
-                    return (
-                        Verdict(True, left1, 0.0, (burst1 - left1) / rate1),
-                        Verdict(True, left2, 0.0, (burst2 - left2) / rate2),
-                    )
         verdict = self._local_take(*first, now)
         if verdict is not None:
             second_verdict = self._local_take(*second, now)

@@ -122,7 +122,7 @@ class Admission:
             ok, _ = await self._node_ready()
         except Exception:
             ok = False
-        self._ready_cache = (time.monotonic(), ok)
+        self.record_node_ready(ok)
         self._refreshing = None
 
     async def prime(self) -> None:
@@ -182,25 +182,23 @@ class Admission:
         A refused bucket take charges nothing, so asking again there is harmless; only
         a byte bucket already in debt costs that tenant one extra request token.
         """
-        self.begin()
-        try:
-            if self.inflight() > self.config.max_inflight:
-                return None
-            tenant = self.tenants.resolve(None, client_host)
-            if not self.quotas.enabled:
-                return Admitted(tenant, None)
-            buckets, now = self.quotas.buckets, time.monotonic()
-            request = (tenant.request_key, 1.0, tenant.rps, tenant.burst)
-            if nbytes <= 0:  # HEAD: no bytes to charge, as on the ordinary path
-                verdict = buckets.take(*request, now)
-                return Admitted(tenant, verdict) if verdict.allowed else None
-            volume = (tenant.bytes_key, float(nbytes), tenant.bytes_per_s, tenant.bytes_burst)
-            verdict, spent = buckets.take_pair(request, volume, now)
-            if not verdict.allowed or (spent is not None and not spent.allowed):
-                return None
-            return Admitted(tenant, verdict)
-        finally:
-            self.end()
+        # Decided and answered without yielding, so it is never seen in flight: the
+        # cap is checked as if it were (>=, where admit() counts itself first and >).
+        if self.inflight() >= self.config.max_inflight:
+            return None
+        tenant = self.tenants.resolve(None, client_host)
+        if not self.quotas.enabled:
+            return Admitted(tenant, None)
+        buckets, now = self.quotas.buckets, time.monotonic()
+        request = (tenant.request_key, 1.0, tenant.rps, tenant.burst)
+        if nbytes <= 0:  # HEAD: no bytes to charge, as on the ordinary path
+            verdict = buckets.take(*request, now)
+            return Admitted(tenant, verdict) if verdict.allowed else None
+        volume = (tenant.bytes_key, float(nbytes), tenant.bytes_per_s, tenant.bytes_burst)
+        verdict, spent = buckets.take_pair(request, volume, now)
+        if not verdict.allowed or (spent is not None and not spent.allowed):
+            return None
+        return Admitted(tenant, verdict)
 
     def charge_bytes(self, admitted: Admitted, route: str, nbytes: int) -> None:
         if admitted.tenant is None or not self.quotas.enabled or nbytes <= 0:

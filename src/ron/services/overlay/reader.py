@@ -204,29 +204,32 @@ class ContentReader:
         except FileNotFoundError:
             self.forget(info.hex)
             raise RonError(ErrorCode.NOT_FOUND, "object vanished") from None
-        stamp = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-        kept = self._small.get(info.hex)
-        if kept is not None and kept[1] == stamp and kept[0] == path:
-            return kept[2]
+        kept = self._kept(info, st)
+        if kept is not None:
+            return kept
         data = self._read_verified_small(info)
         if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) >= SETTLE_NS:
-            self._keep_small(info.hex, path, stamp, data)
+            self._keep_small(info.hex, path, _stamp(st), data)
         return data
 
     def cached_small(self, info: ObjectInfo) -> bytes | None:
         """The kept payload of a small object if its file's stamp is unchanged, else
         None; never reads, never raises (the fast lane's question: a miss, a vanished
         file or a changed one goes to :meth:`small_payload`, which deals with each)."""
-        kept = self._small.get(info.hex)
-        if kept is None or kept[0] != info.payload_path:
+        if info.hex not in self._small:
             return None
         try:
-            st = os.stat(kept[0])
+            st = os.stat(info.payload_path)
         except OSError:
             return None
-        if kept[1] != (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino):
-            return None
-        return kept[2]
+        return self._kept(info, st)
+
+    def _kept(self, info: ObjectInfo, st: os.stat_result) -> bytes | None:
+        """The kept payload when it was read from this path with this stamp."""
+        kept = self._small.get(info.hex)
+        if kept is not None and kept[0] == info.payload_path and kept[1] == _stamp(st):
+            return kept[2]
+        return None
 
     def _read_verified_small(self, info: ObjectInfo) -> bytes:
         """Read and hash the payload file (plain ``os.open``/``os.read``: a buffered file
@@ -326,3 +329,8 @@ class ContentReader:
             self.integrity_failures.labels(f"encoding_{coding}").inc()
             return None
         return data
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What identifies one version of a payload file: size, mtime, ctime, inode."""
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
