@@ -13,10 +13,15 @@ import pytest
 
 from ron.proto.envelope import ErrorCode, RonError
 from ron.services.gateway.bodies import parse_object, render_json
-from ron.services.gateway.mailbox_hot import MailboxHotRoutes, delivery_json
-from ron.services.mailbox.jsonwire import delivery_json as delivery_dict
-from ron.services.mailbox.jsonwire import outgoing_from_json
-from ron.services.mailbox.model import Delivery
+from ron.services.gateway.mailbox_hot import MailboxHotRoutes
+from ron.services.mailbox.jsonwire import (
+    batch_from_body,
+    deliveries_body,
+    delivery_json,
+    outgoing_from_json,
+    send_results_body,
+)
+from ron.services.mailbox.model import Delivery, SendResult
 
 
 def _delivery(headers: dict[str, str]) -> Delivery:
@@ -32,10 +37,39 @@ def _delivery(headers: dict[str, str]) -> Delivery:
 
 
 @pytest.mark.parametrize("headers", [{}, {"kind": "a"}, {"q": 'say "hi" \\ now', "z": "1"}])
-def test_delivery_json_renders_like_the_generic_encoder(headers: dict[str, str]) -> None:
+def test_deliveries_render_like_the_generic_encoder(headers: dict[str, str]) -> None:
     d = _delivery(headers)
-    assert delivery_json(d).encode() == render_json(delivery_dict(d))
-    assert json.loads(delivery_json(d)) == delivery_dict(d)
+    for got in ([], [d], [d, _delivery({})]):
+        want = {"messages": [delivery_json(x) for x in got]}
+        assert deliveries_body(got) == render_json(want)
+        assert json.loads(deliveries_body(got)) == want
+
+
+def test_send_results_render_like_the_generic_encoder() -> None:
+    results = [
+        SendResult("01ARZ3NDEKTSV4RRFFQ69G5FAV"),
+        SendResult("01ARZ3NDEKTSV4RRFFQ69G5FAW", True),
+    ]
+    want = {"messages": [{"msg_id": r.msg_id, "duplicate": r.duplicate} for r in results]}
+    assert send_results_body(results) == render_json(want)
+
+
+def test_batch_bodies_are_parsed_strictly() -> None:
+    ok = b'{"messages": [{"payload_b64": "QUJD", "headers": {"k": "v"}, "idempotency_key": "x"}]}'
+    (entry,) = batch_from_body(ok)
+    assert (entry.payload, dict(entry.headers), entry.idempotency_key) == (b"ABC", {"k": "v"}, "x")
+    for bad, why in [
+        (b"", "a JSON object body is required"),
+        (b"[]", "body must be a JSON object"),
+        (b'{"messages": []}', "messages must be a list of 1..100"),
+        (b'{"messages": [{"payload_b64": "QUJD"}], "x": 1}', "unknown key 'x'"),
+        (b'{"messages": [1]}', "each message must be an object"),
+        (b'{"messages": [{"payload_b64": "Q"}]}', "payload_b64 is not valid base64"),
+        (b'{"messages": [{"payload_b64": "QUJD", "payload_b64": "QUJD"}]}', "duplicate key"),
+    ]:
+        with pytest.raises(RonError, match=why) as err:
+            batch_from_body(bad)
+        assert err.value.code is ErrorCode.BAD_REQUEST
 
 
 def test_hot_routes_match_only_post_on_exact_shapes() -> None:

@@ -16,7 +16,23 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from ron.proto.envelope import ErrorCode, RonError
+from ron.proto.strictjson import json_int, json_number_or_none, parse_object
 from ron.services.gateway.asgi import Headers, Receive, Scope, Send, header
+
+__all__ = [
+    "JSON_HEADERS",
+    "MAX_CONTROL_BODY",
+    "UnreadBody",
+    "json_int",
+    "json_number_or_none",
+    "parse_object",
+    "read_body",
+    "read_object",
+    "render_json",
+    "reply_error",
+    "reply_json",
+    "until_disconnect",
+]
 
 T = TypeVar("T")
 
@@ -89,46 +105,6 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         message = await receive()
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise RonError(ErrorCode.BAD_REQUEST, f"duplicate key {key!r}")
-            seen.add(key)
-    return out
-
-
-def _no_constants(name: str) -> Any:
-    raise RonError(ErrorCode.BAD_REQUEST, f"{name} is not JSON")
-
-
-# One decoder for every body: ``json.loads`` with hooks builds a new one per call.
-_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
-
-
-def parse_object(
-    raw: bytes, allowed: frozenset[str], *, allow_empty: bool = False
-) -> dict[str, Any]:
-    """A JSON object with only ``allowed`` keys; an empty body is ``{}`` if allowed."""
-    if not raw.strip():
-        if allow_empty:
-            return {}
-        raise RonError(ErrorCode.BAD_REQUEST, "a JSON object body is required")
-    try:
-        # As json.loads reads bytes: UTF-8, -16 or -32 by their first bytes.
-        body = _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
-    except (ValueError, RecursionError):
-        raise RonError(ErrorCode.BAD_REQUEST, "body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise RonError(ErrorCode.BAD_REQUEST, "body must be a JSON object")
-    if not allowed.issuperset(body):
-        unknown = set(body) - allowed
-        raise RonError(ErrorCode.BAD_REQUEST, f"unknown key {sorted(unknown)[0]!r}")
-    return body
-
-
 async def read_object(
     scope: Scope,
     receive: Receive,
@@ -139,20 +115,6 @@ async def read_object(
 ) -> dict[str, Any]:
     """Read the body (bounded by ``limit``) and parse it with :func:`parse_object`."""
     return parse_object(await read_body(scope, receive, limit), allowed, allow_empty=allow_empty)
-
-
-def json_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise RonError(ErrorCode.BAD_REQUEST, f"{name} must be an integer")
-    return value
-
-
-def json_number_or_none(value: object, name: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise RonError(ErrorCode.BAD_REQUEST, f"{name} must be a number")
-    return float(value)
 
 
 async def until_disconnect(receive: Receive, call: Awaitable[T]) -> T:

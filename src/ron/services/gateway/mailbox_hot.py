@@ -16,8 +16,7 @@ envelope.
 
 from __future__ import annotations
 
-import base64
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ron.auth.guard import Guard
@@ -30,14 +29,13 @@ from ron.services.gateway.bodies import (
     json_number_or_none,
     read_body,
     read_object,
-    render_json,
     reply_error,
     reply_json,
     until_disconnect,
 )
 from ron.services.mailbox.api import MailboxAPI
-from ron.services.mailbox.jsonwire import outgoing_from_json, receipts_from_json
-from ron.services.mailbox.model import MAX_BATCH, Delivery, entry_budget
+from ron.services.mailbox.jsonwire import batch_from_body, receipts_from_json, send_results_body
+from ron.services.mailbox.model import entry_budget
 
 HEADER_PREFIX = "x-ron-header-"
 _HEADER_PREFIX = HEADER_PREFIX.encode()
@@ -48,7 +46,6 @@ _RECEIVE_KEYS = frozenset({"max", "visibility_s", "wait_s"})
 _RECEIPTS = frozenset({"receipts"})
 _NACK_KEYS = frozenset({"receipts", "delay_s"})
 _EXTEND_KEYS = frozenset({"receipts", "visibility_s"})
-_MESSAGES = frozenset({"messages"})
 
 # (scope, receive, send, corr id, topic or "" for the settle routes)
 HotHandler = Callable[[Scope, Receive, Send, str, str], Awaitable[None]]
@@ -68,18 +65,6 @@ def authorize(
         return None
     guard.authorize(grant, method=method, path=path, topic=topic, defer_topic=topic is None)
     return grant.topic_patterns if topic is None else None
-
-
-def delivery_json(d: Delivery) -> str:
-    """One delivery as JSON text, the shape of ``jsonwire.delivery_json`` rendered the
-    way the API renders it; msg ids, receipts and base64 need no escaping."""
-    headers = render_json(dict(d.headers)).decode() if d.headers else "{}"
-    return (
-        f'{{"msg_id":"{d.msg_id}","receipt":"{d.receipt}",'
-        f'"payload_b64":"{base64.b64encode(d.payload).decode("ascii")}",'
-        f'"headers":{headers},"delivery_count":{int(d.delivery_count)},'
-        f'"enqueued_ms":{int(d.enqueued_ms)}}}'
-    )
 
 
 class MailboxHotRoutes:
@@ -150,16 +135,9 @@ class MailboxHotRoutes:
         self, scope: Scope, receive: Receive, send: Send, corr: str, topic: str
     ) -> None:
         self._allow(scope, topic)
-        body = await read_object(scope, receive, _MESSAGES, limit=MAX_BATCH_BODY)
-        items = body.get("messages")
-        if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
-            raise RonError(ErrorCode.BAD_REQUEST, f"messages must be a list of 1..{MAX_BATCH}")
-        entries = [outgoing_from_json(item) for item in items]
+        entries = batch_from_body(await read_body(scope, receive, MAX_BATCH_BODY))
         results = await self._mailbox().send_batch(topic, entries)
-        parts = ",".join(
-            f'{{"msg_id":"{r.msg_id}","duplicate":{_BOOL[r.duplicate]}}}' for r in results
-        )
-        await reply_json(send, 201, f'{{"messages":[{parts}]}}'.encode())
+        await reply_json(send, 201, send_results_body(results))
 
     # ---- receive ---------------------------------------------------------------------
 
@@ -171,11 +149,12 @@ class MailboxHotRoutes:
         limit = json_int(body.get("max", 1), "max")
         visibility = json_number_or_none(body.get("visibility_s"), "visibility_s")
         wait = json_number_or_none(body.get("wait_s"), "wait_s") or 0.0
-        call = self._mailbox().receive(
+        call = self._mailbox().receive_body(
             topic, max_messages=limit, visibility_s=visibility, wait_s=wait
         )
-        got = await until_disconnect(receive, call) if wait > 0 else await call
-        await reply_json(send, 200, _messages(got))
+        await reply_json(
+            send, 200, await until_disconnect(receive, call) if wait > 0 else await call
+        )
 
     # ---- settle ----------------------------------------------------------------------
 
@@ -207,10 +186,6 @@ class MailboxHotRoutes:
 
 
 _BOOL = {False: "false", True: "true"}
-
-
-def _messages(got: Sequence[Delivery]) -> bytes:
-    return ('{"messages":[' + ",".join(delivery_json(d) for d in got) + "]}").encode()
 
 
 def _settled(verb: str, done: int, gone: int) -> bytes:

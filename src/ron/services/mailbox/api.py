@@ -44,6 +44,18 @@ class MailboxAPI(Protocol):
 
     async def send_batch(self, topic: str, entries: Sequence[Outgoing]) -> list[SendResult]: ...
 
+    # ``receive`` with the reply rendered by the mailbox as the JSON doors send it
+    # (``jsonwire.deliveries_body``): the payloads are encoded once, in one process,
+    # instead of crossing the IPC hop as objects to be rendered on the other side.
+    async def receive_body(
+        self,
+        topic: str,
+        *,
+        max_messages: int = 1,
+        visibility_s: float | None = None,
+        wait_s: float = 0.0,
+    ) -> bytes: ...
+
     async def receive(
         self,
         topic: str,

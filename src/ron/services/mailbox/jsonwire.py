@@ -8,12 +8,34 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
+from collections.abc import Sequence
 from typing import Any
 
 from ron.proto.envelope import ErrorCode, RonError
-from ron.services.mailbox.model import MAX_BATCH, DeadLetter, Delivery, Outgoing
+from ron.proto.strictjson import parse_object
+from ron.services.mailbox.model import MAX_BATCH, DeadLetter, Delivery, Outgoing, SendResult
 
-__all__ = ["dead_letter_json", "delivery_json", "outgoing_from_json", "receipts_from_json"]
+__all__ = [
+    "batch_from_body",
+    "dead_letter_json",
+    "deliveries_body",
+    "delivery_json",
+    "outgoing_from_json",
+    "receipts_from_json",
+    "render_json",
+    "send_results_body",
+]
+
+# Rendered as the JSON APIs answer (compact, UTF-8, no NaN): Starlette's JSONResponse.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+_MESSAGES = frozenset({"messages"})
+_BOOL = {False: "false", True: "true"}
+
+
+def render_json(obj: Any) -> bytes:
+    """``obj`` as the JSON APIs answer it (compact, UTF-8, no NaN)."""
+    return _ENCODER.encode(obj).encode()
 
 
 def delivery_json(d: Delivery) -> dict[str, Any]:
@@ -58,6 +80,38 @@ def outgoing_from_json(item: object) -> Outgoing:
     if key is not None and not isinstance(key, str):
         raise RonError(ErrorCode.BAD_REQUEST, "idempotency_key must be a string")
     return Outgoing(payload, headers, key)
+
+
+def batch_from_body(raw: bytes) -> list[Outgoing]:
+    """A batch-send body, ``{"messages": [...]}``, parsed strictly into entries."""
+    items = parse_object(raw, _MESSAGES).get("messages")
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
+        raise RonError(ErrorCode.BAD_REQUEST, f"messages must be a list of 1..{MAX_BATCH}")
+    return [outgoing_from_json(item) for item in items]
+
+
+def send_results_body(results: Sequence[SendResult]) -> bytes:
+    """The batch-send reply, ``{"messages": [{"msg_id", "duplicate"}...]}``."""
+    parts = ",".join(f'{{"msg_id":"{r.msg_id}","duplicate":{_BOOL[r.duplicate]}}}' for r in results)
+    return f'{{"messages":[{parts}]}}'.encode()
+
+
+def _delivery_text(d: Delivery) -> str:
+    # The shape of delivery_json rendered by hand: msg ids, receipts and base64 need no
+    # escaping, and only the headers (free text) go through the encoder.
+    headers = _ENCODER.encode(dict(d.headers)) if d.headers else "{}"
+    return (
+        f'{{"msg_id":"{d.msg_id}","receipt":"{d.receipt}",'
+        f'"payload_b64":"{base64.b64encode(d.payload).decode("ascii")}",'
+        f'"headers":{headers},"delivery_count":{int(d.delivery_count)},'
+        f'"enqueued_ms":{int(d.enqueued_ms)}}}'
+    )
+
+
+def deliveries_body(got: Sequence[Delivery]) -> bytes:
+    """The receive reply, ``{"messages": [delivery...]}``, byte for byte as
+    ``render_json({"messages": [delivery_json(d) ...]})`` would render it."""
+    return ('{"messages":[' + ",".join(_delivery_text(d) for d in got) + "]}").encode()
 
 
 def _b64decode(text: str) -> bytes:

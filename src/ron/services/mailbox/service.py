@@ -24,6 +24,7 @@ from ron.kernel.config import Config, MailboxConfig
 from ron.proto.envelope import ErrorCode, RonError
 from ron.services.base import Handler, Service, ServiceContext
 from ron.services.mailbox.api import SUBSCRIPTION_POLL_S, MailboxAPI, subscription
+from ron.services.mailbox.jsonwire import deliveries_body
 from ron.services.mailbox.model import (
     MAX_BATCH,
     MAX_RECEIVE,
@@ -262,6 +263,19 @@ class MailboxService(Service):
                 if got:
                     return got
 
+    async def receive_body(
+        self,
+        topic: str,
+        *,
+        max_messages: int = 1,
+        visibility_s: float | None = None,
+        wait_s: float = 0.0,
+    ) -> bytes:
+        got = await self.receive(
+            topic, max_messages=max_messages, visibility_s=visibility_s, wait_s=wait_s
+        )
+        return deliveries_body(got)
+
     async def poll_subscription(
         self,
         topic: str,
@@ -443,6 +457,14 @@ class MailboxService(Service):
                 raise RonError(ErrorCode.BAD_REQUEST, "entries must be maps")
             return [r.to_wire() for r in await self.send_batch(args.get("topic"), batch)]  # type: ignore[arg-type]
 
+        async def receive_body(args: dict[str, Any], ctx: CallContext) -> Any:
+            return await self.receive_body(
+                args.get("topic"),  # type: ignore[arg-type]
+                max_messages=args.get("max", 1),
+                visibility_s=args.get("visibility_s"),
+                wait_s=args.get("wait_s", 0.0),
+            )
+
         async def receive(args: dict[str, Any], ctx: CallContext) -> Any:
             got = await self.receive(
                 args.get("topic"),  # type: ignore[arg-type]
@@ -507,6 +529,7 @@ class MailboxService(Service):
         return {
             "send": send,
             "receive": receive,
+            "receive_body": receive_body,
             "ack": ack,
             "nack": nack,
             "extend": extend,
@@ -592,6 +615,22 @@ class MailboxClient:
             timeout=_CALL_TIMEOUT,
         )
         return [SendResult.from_wire(d) for d in data]
+
+    async def receive_body(
+        self,
+        topic: str,
+        *,
+        max_messages: int = 1,
+        visibility_s: float | None = None,
+        wait_s: float = 0.0,
+    ) -> bytes:
+        args: dict[str, Any] = {"topic": topic, "max": max_messages, "visibility_s": visibility_s}
+        if wait_s:
+            args["wait_s"] = wait_s
+            reply = await self._waiting.call("receive_body", args, timeout=_wait_budget(wait_s))
+        else:
+            reply = await self._ipc.call("receive_body", args, timeout=_CALL_TIMEOUT)
+        return _bytes(reply)
 
     async def receive(
         self,
@@ -710,3 +749,10 @@ def _wait_budget(wait_s: float) -> float:
 def _conforms(service: MailboxService, client: MailboxClient) -> tuple[MailboxAPI, MailboxAPI]:
     """Never called: makes mypy prove both sides implement the one interface."""
     return service, client
+
+
+def _bytes(reply: object) -> bytes:
+    """A rendered body from the mailbox; anything else means a confused peer."""
+    if not isinstance(reply, bytes):
+        raise RonError(ErrorCode.UPSTREAM_UNAVAILABLE, "mailbox replied with no body")
+    return reply
