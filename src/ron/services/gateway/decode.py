@@ -100,7 +100,13 @@ class _Zstd:
     """zstd, fed in small slices so that one highly compressed chunk cannot expand far
     past a guard rail before the caller sees the output and can stop (a 256-byte slice
     of RLE blocks expands to a few MiB at most). Frames may be concatenated; the body
-    must end on a frame boundary."""
+    must end on a frame boundary.
+
+    A slice of ordinary data decodes to about a kilobyte, so outputs are gathered into
+    pieces of at least ``PIECE`` before they are handed on: the caller's checks, hashing
+    and writes then run per 64 KiB, not per kilobyte (which held decoding to a fifth of
+    this speed), while a piece still holds at most ``PIECE`` plus one slice's output.
+    """
 
     SLICE = 256
 
@@ -111,18 +117,27 @@ class _Zstd:
 
     def feed(self, data: bytes) -> Iterator[bytes]:
         view = memoryview(data)
+        held: list[bytes] = []
+        size = 0
         for i in range(0, len(view), self.SLICE):
             piece: bytes = bytes(view[i : i + self.SLICE])
             while piece:
                 self._started = True
                 out = self._obj.decompress(piece)
                 if out:
-                    yield out
+                    held.append(out)
+                    size += len(out)
+                    if size >= PIECE:
+                        yield b"".join(held)
+                        held.clear()
+                        size = 0
                 if not self._obj.eof:
                     break
                 piece = self._obj.unused_data  # a next frame starts in this slice
                 self._obj = self._dctx.decompressobj(write_size=PIECE)
                 self._started = False
+        if held:
+            yield b"".join(held)
 
     def finish(self) -> Iterator[bytes]:
         if self._started and not self._obj.eof:
