@@ -112,6 +112,24 @@ def test_request_tally_renders_exactly_what_direct_observation_does() -> None:
     assert tallied.render() == direct.render()  # a flush with nothing pending changes nothing
 
 
+def test_a_pinned_tally_adder_counts_like_add_across_scrapes() -> None:
+    """The fast lane's adder keeps one entry across flushes; each scrape must still see
+    every request once, mixed with add() calls for the same series."""
+    direct, tallied = Metrics(), Metrics()
+    plain, pinned = RequestTally(direct), RequestTally(tallied)
+    add_get = pinned.adder("/o/{addr}", "GET", 200)
+    # Binary fractions: sums are exact in any order, so the texts compare equal.
+    rounds = [[2**-13, 2**-11], [], [2**-9, 31.0, 0.0]]
+    for elapsed in rounds:
+        for i, s in enumerate(elapsed):
+            plain.add("/o/{addr}", "GET", 200, s, 1024, 0)
+            add_get(s, 1024)
+            if i == 0:  # the ordinary path adding to the same series
+                plain.add("/o/{addr}", "GET", 204, s, 0, 10)
+                pinned.add("/o/{addr}", "GET", 204, s, 0, 10)
+        assert tallied.render() == direct.render()
+
+
 def test_hot_path_adders_write_the_same_series_as_the_public_calls() -> None:
     public, fast = Metrics(), Metrics()
     amounts = [0.0, 0.00005, 0.0001, 0.00011, 0.003, 0.5, 29.9, 30.0, 31.0, 1e9]

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import multiprocessing
+import random
 from pathlib import Path
 
-from ron.quota.shared import SharedBuckets, SharedCounters
+from ron.quota.shared import SharedBuckets, SharedCounters, Verdict
 
 
 def test_burst_then_refusal_with_retry_after(tmp_path: Path) -> None:
@@ -102,3 +103,55 @@ def test_two_workers_overshoot_an_empty_bucket_by_at_most_a_lease(tmp_path: Path
     b.settle_all(now)
     # Whatever was admitted is owed: the bucket is empty or in debt, not refilled.
     assert not SharedBuckets(tmp_path / "q", shared=True).take("t", 1, rate, burst, now).allowed
+
+
+def _read(b: SharedBuckets, nbytes: float, now: float, fast: bool) -> Verdict | None:
+    """A small GET's charge: take_read first when ``fast``, take_pair otherwise (and
+    when take_read declines); the request bucket's verdict, None when refused."""
+    request, volume = ("r", 2000.0, 50.0), ("b", 300_000.0, 60_000.0)
+    if fast:
+        left = b.take_read(request, volume, nbytes, now)
+        if left is not None:
+            return Verdict(True, left, 0.0, (request[2] - left) / request[1])
+    verdict, spent = b.take_pair(
+        (request[0], 1.0, *request[1:]), (volume[0], nbytes, *volume[1:]), now
+    )
+    return verdict if verdict.allowed and spent is not None and spent.allowed else None
+
+
+def test_take_read_decides_exactly_as_take_pair(tmp_path: Path) -> None:
+    """Same requests, same clock: the fast form admits, refuses and reports what the
+    general one does, and leaves the same tokens in the table."""
+    rng = random.Random(4)
+    fast = SharedBuckets(tmp_path / "fast", shared=True)
+    plain = SharedBuckets(tmp_path / "plain", shared=True)
+    now, outcomes = 0.0, []
+    for _ in range(5000):  # bursts past both buckets' limits, then idle gaps
+        now += rng.choice([0.0, 1e-5, 1e-4, 3e-3, 0.02])
+        nbytes = float(rng.choice([1, 100, 1024, 20_000]))
+        a, b = _read(fast, nbytes, now, True), _read(plain, nbytes, now, False)
+        assert a == b
+        outcomes.append(a is not None)
+    assert 0 < sum(outcomes) < len(outcomes)  # both admissions and refusals were seen
+    assert fast.settles == plain.settles < 2 * len(outcomes)  # some were local
+    for b in (fast, plain):
+        b.settle_all(now)
+    for key in ("r", "b"):
+        left = [
+            SharedBuckets(tmp_path / n).take(key, 0, 1.0, 1e9, now).remaining
+            for n in ("fast", "plain")
+        ]
+        assert left[0] == left[1]
+
+
+def test_take_read_charges_nothing_when_it_declines(tmp_path: Path) -> None:
+    b = SharedBuckets(tmp_path / "q", shared=True)
+    request, volume = ("r", 10_000.0, 10_000.0), ("b", 1e6, 1e6)
+    assert b.take_read(request, volume, 100, 0.0) is None  # no views yet: settle first
+    b.take_pair(("r", 1.0, 10_000.0, 10_000.0), ("b", 100.0, 1e6, 1e6), 0.0)
+    assert b.take_read(request, volume, 100, 1e-4) is not None
+    assert b.take_read(request, volume, 1e7, 2e-4) is None  # past the byte lease
+    assert b.take_read(request, volume, 100, 0.5) is None  # the views are stale
+    b.settle_all(0.5)
+    probe = SharedBuckets(tmp_path / "q", shared=True)
+    assert probe.take("b", 0, 1e6, 1e6, 0.0).remaining == 1e6 - 200  # two charges only

@@ -137,6 +137,8 @@ class RequestTally:
         self._bounds = (*LATENCY_BUCKETS, math.inf)
         # (route, method, status class) -> [count, seconds, bytes out, bytes in, buckets]
         self._pending: dict[tuple[str, str, int], list[Any]] = {}
+        # Entries handed out by adder(): kept across flushes, zeroed in place by them.
+        self._pinned: dict[tuple[str, str, int], list[Any]] = {}
         metrics.before_render(self.flush)
 
     def add(
@@ -147,15 +149,39 @@ class RequestTally:
         if entry is None:
             if len(self._pending) >= 1024:  # labels come from templates; never unbounded
                 self.flush()
-            entry = self._pending[key] = [0, 0.0, 0, 0, [0] * len(self._bounds)]
+            entry = self._pending[key] = self._entry()
         entry[0] += 1
         entry[1] += elapsed
         entry[2] += out
         entry[3] += into
         entry[4][bisect_left(self._bounds, elapsed)] += 1
 
+    def adder(self, route: str, method: str, status: int) -> Callable[[float, int], None]:
+        """``add`` for one fixed series and no bytes in, as ``(elapsed, bytes out)``: the
+        key tuple and its lookup are made once here instead of on every request (the
+        gateway's fast lane, where each per-request object costs more than in a loop)."""
+        key = (route, method, status // 100)
+        entry = self._pinned.get(key)
+        if entry is None:
+            entry = self._pinned[key] = self._entry()
+        bounds, buckets = self._bounds, entry[4]
+
+        def add(elapsed: float, out: int) -> None:
+            entry[0] += 1
+            entry[1] += elapsed
+            entry[2] += out
+            buckets[bisect_left(bounds, elapsed)] += 1
+
+        return add
+
+    def _entry(self) -> list[Any]:
+        return [0, 0.0, 0, 0, [0] * len(self._bounds)]
+
     def flush(self) -> None:
         pending, self._pending = self._pending, {}
+        for key, entry in self._pinned.items():
+            if entry[0]:
+                pending[key] = self._fold_into(pending.get(key), entry)
         m = self._metrics
         for (route, method, cls), (count, seconds, out, into, buckets) in pending.items():
             m.requests_total.labels(route, method, f"{cls}xx").inc(count)
@@ -170,6 +196,18 @@ class RequestTally:
                 m.bytes_out_total.labels(route).inc(out)
             if into:
                 m.bytes_in_total.labels(route).inc(into)
+
+    def _fold_into(self, target: list[Any] | None, pinned: list[Any]) -> list[Any]:
+        """A copy of ``pinned`` added to ``target`` (if any); ``pinned`` is zeroed in
+        place, so its adder keeps counting into it from zero."""
+        out = target if target is not None else self._entry()
+        for i in range(4):
+            out[i] += pinned[i]
+        pinned[:4] = [0, 0.0, 0, 0]
+        buckets = pinned[4]
+        out[4] = [a + b for a, b in zip(out[4], buckets, strict=True)]
+        buckets[:] = [0] * len(buckets)
+        return out
 
 
 def counter_adder(child: Counter) -> Callable[[float], None]:

@@ -45,6 +45,9 @@ PROBES = 16
 SETTLE_S = 0.01
 LOCAL_KEYS = 4096
 
+# (bucket key, rate per second, burst): what a take needs besides its cost and the time.
+Spec = tuple[str, float, float]
+
 
 class _Local:
     """A worker's view of one bucket since it last settled, and what it charged since."""
@@ -159,6 +162,42 @@ class SharedBuckets:
             return verdict, self._settle(*second, now) if verdict.allowed else None
         finally:
             self._unlock()
+
+    def take_read(self, request: Spec, volume: Spec, nbytes: float, now: float) -> float | None:
+        """One request token and ``nbytes`` byte tokens, each ``(key, rate, burst)``,
+        when this worker's views of both buckets admit them (see the module docstring):
+        the request bucket's tokens left, else None and nothing charged, so the caller
+        asks :meth:`take_pair`, which settles.
+
+        The same decisions as two :meth:`_local_take` calls, written out in one frame
+        with no verdicts built: on a live gateway each extra call and object of the
+        per-request path costs several times what it costs in a tight loop (caches
+        are cold between requests), and this runs once per small GET."""
+        local = self._local
+        rkey, rate, burst = request
+        view = local.get(rkey)
+        if view is None:
+            return None
+        bkey, brate, bburst = volume
+        bview = local.get(bkey)
+        if bview is None:
+            return None
+        age = now - view.stamp
+        bage = now - bview.stamp
+        debt = view.debt + 1.0
+        bdebt = bview.debt + nbytes
+        if not (0.0 <= age < SETTLE_S and 0.0 <= bage < SETTLE_S):
+            return None
+        lease = view.lease
+        blease = bview.lease
+        if debt > lease or bdebt > blease:
+            return None
+        tokens = min(burst, view.tokens + age * rate) - debt
+        if tokens < lease or min(bburst, bview.tokens + bage * brate) - bdebt < blease:
+            return None
+        view.debt = debt
+        bview.debt = bdebt
+        return tokens
 
     def _local_take(
         self, key: str, cost: float, rate: float, burst: float, now: float

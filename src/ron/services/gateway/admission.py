@@ -23,7 +23,13 @@ from ron.kernel.config import GatewayConfig
 from ron.kernel.metrics import Metrics
 from ron.proto.envelope import ErrorCode, RonError
 from ron.quota.shared import SharedBuckets, SharedCounters, Verdict
-from ron.services.gateway.limits import QuotaExhausted, Quotas, Tenant, TenantResolver
+from ron.services.gateway.limits import (
+    QuotaExhausted,
+    Quotas,
+    Tenant,
+    TenantResolver,
+    ratelimit_value,
+)
 
 log = logging.getLogger("ron.gateway")
 
@@ -174,10 +180,14 @@ class Admission:
             raise
         return Admitted(tenant, verdict)
 
-    def admit_read_now(self, client_host: str | None, nbytes: int) -> Admitted | None:
-        """Admission of an anonymous read whose response (``nbytes``) is known, decided
-        synchronously for the fast lane; None whenever the answer is not a plain yes
-        (capacity, quota), so the ordinary path decides and answers with the envelope.
+    def admit_read_now(
+        self, client_host: str | None, nbytes: int, now: float
+    ) -> tuple[Tenant, bytes] | None:
+        """Admission of an anonymous read whose response (``nbytes``) is known, at
+        ``now`` (``time.monotonic()``), decided synchronously for the fast lane: its
+        tenant and ``RateLimit`` header value (empty while quotas are off), or None
+        whenever the answer is not a plain yes (capacity, quota), so the ordinary path
+        decides and answers with the envelope.
 
         A refused bucket take charges nothing, so asking again there is harmless; only
         a byte bucket already in debt costs that tenant one extra request token.
@@ -187,18 +197,25 @@ class Admission:
         if self.inflight() >= self.config.max_inflight:
             return None
         tenant = self.tenants.resolve(None, client_host)
-        if not self.quotas.enabled:
-            return Admitted(tenant, None)
-        buckets, now = self.quotas.buckets, time.monotonic()
-        request = (tenant.request_key, 1.0, tenant.rps, tenant.burst)
-        if nbytes <= 0:  # HEAD: no bytes to charge, as on the ordinary path
-            verdict = buckets.take(*request, now)
-            return Admitted(tenant, verdict) if verdict.allowed else None
-        volume = (tenant.bytes_key, float(nbytes), tenant.bytes_per_s, tenant.bytes_burst)
-        verdict, spent = buckets.take_pair(request, volume, now)
-        if not verdict.allowed or (spent is not None and not spent.allowed):
-            return None
-        return Admitted(tenant, verdict)
+        quotas = self.quotas
+        if not quotas.enabled:
+            return tenant, b""
+        buckets = quotas.buckets
+        if nbytes > 0:
+            # The common case: both buckets admit on this worker's views; no verdicts.
+            left = buckets.take_read(tenant.request_spec, tenant.bytes_spec, nbytes, now)
+            if left is not None:
+                return tenant, tenant.ratelimit(left)
+            request = (tenant.request_key, 1.0, tenant.rps, tenant.burst)
+            volume = (tenant.bytes_key, float(nbytes), tenant.bytes_per_s, tenant.bytes_burst)
+            verdict, spent = buckets.take_pair(request, volume, now)
+            if not verdict.allowed or (spent is not None and not spent.allowed):
+                return None
+        else:  # HEAD: no bytes to charge, as on the ordinary path
+            verdict = buckets.take(tenant.request_key, 1.0, tenant.rps, tenant.burst, now)
+            if not verdict.allowed:
+                return None
+        return tenant, ratelimit_value(verdict)
 
     def charge_bytes(self, admitted: Admitted, route: str, nbytes: int) -> None:
         if admitted.tenant is None or not self.quotas.enabled or nbytes <= 0:

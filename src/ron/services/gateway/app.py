@@ -121,7 +121,7 @@ class GatewayApp:
         self.admission = admission
         self.guard = guard
         self.access_log = access_log or AccessLog("gateway")
-        self._tally = RequestTally(metrics)
+        self.tally = RequestTally(metrics)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -211,7 +211,7 @@ class GatewayApp:
 
     def observe(self, route: str, method: str, state: Exchange, elapsed: float) -> None:
         """Golden metrics for one request (tallied; folded in at each scrape)."""
-        self._tally.add(route, method, state.status, elapsed, state.sent, state.received)
+        self.tally.add(route, method, state.status, elapsed, state.sent, state.received)
 
     # --- routing ------------------------------------------------------------------------
 

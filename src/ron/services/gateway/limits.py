@@ -21,17 +21,18 @@ import blake3
 
 from ron.kernel.config import GatewayConfig, QuotaConfig
 from ron.proto.envelope import ErrorCode, RonError
-from ron.quota.shared import SharedBuckets, Verdict
+from ron.quota.shared import SharedBuckets, Spec, Verdict
 
 ANONYMOUS = "anon"
+_STATE = b'"requests";r=%d;t=%d'
 
 
 @dataclass(frozen=True)
 class Tenant:
     """The tenant a request counts against, and its effective quota.
 
-    The bucket keys and the ``RateLimit-Policy`` value depend on the tenant alone, so
-    they are made once here rather than on every request."""
+    The bucket keys and specs and the ``RateLimit-Policy`` value depend on the tenant
+    alone, so they are made once here rather than on every request."""
 
     id: str
     rps: float
@@ -41,13 +42,24 @@ class Tenant:
     request_key: str = field(init=False, repr=False, compare=False)
     bytes_key: str = field(init=False, repr=False, compare=False)
     policy: bytes = field(init=False, repr=False, compare=False)
+    request_spec: Spec = field(init=False, repr=False, compare=False)
+    bytes_spec: Spec = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         window = max(1, math.ceil(self.burst / self.rps))
         policy = f'"requests";q={math.floor(self.burst)};w={window}'.encode()
-        object.__setattr__(self, "request_key", f"r:{self.id}")
-        object.__setattr__(self, "bytes_key", f"b:{self.id}")
+        request_key, bytes_key = f"r:{self.id}", f"b:{self.id}"
+        object.__setattr__(self, "request_key", request_key)
+        object.__setattr__(self, "bytes_key", bytes_key)
         object.__setattr__(self, "policy", policy)
+        object.__setattr__(self, "request_spec", (request_key, self.rps, self.burst))
+        object.__setattr__(self, "bytes_spec", (bytes_key, self.bytes_per_s, self.bytes_burst))
+
+    def ratelimit(self, left: float) -> bytes:
+        """The ``RateLimit`` value after an admitted take left ``left`` tokens in the
+        request bucket (at most ``burst - 1``): what :func:`ratelimit_headers` makes of
+        that take's verdict."""
+        return _STATE % (left, math.ceil((self.burst - left) / self.rps))
 
 
 class TenantResolver:
@@ -149,5 +161,9 @@ class QuotaExhausted(RonError):
 
 def ratelimit_headers(tenant: Tenant, verdict: Verdict) -> list[tuple[bytes, bytes]]:
     """``RateLimit-Policy`` and ``RateLimit`` (draft-ietf-httpapi-ratelimit-headers)."""
-    state = b'"requests";r=%d;t=%d' % (verdict.remaining, max(0, math.ceil(verdict.reset)))
-    return [(b"ratelimit-policy", tenant.policy), (b"ratelimit", state)]
+    return [(b"ratelimit-policy", tenant.policy), (b"ratelimit", ratelimit_value(verdict))]
+
+
+def ratelimit_value(verdict: Verdict) -> bytes:
+    """The ``RateLimit`` header's value for the request bucket after ``verdict``."""
+    return _STATE % (verdict.remaining, max(0, math.ceil(verdict.reset)))
