@@ -436,8 +436,9 @@ class OapServerProtocol(asyncio.Protocol):
         conn, gate = self.conn, self._gate
         apps = gate.apps
         chunk = self._chunk
+        size = len(data)
         start = 0
-        while not self.paused:
+        while start < size and not self.paused:
             started = time.perf_counter()
             shot = conn.one_shot(data, start)
             if shot is None:
