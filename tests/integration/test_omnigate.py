@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 import os
 import random
 import ssl
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -541,3 +543,37 @@ async def test_golden_metrics_count_storage_requests(node: RunningNode, small: s
     assert node.metric("bytes_out_total", route="storage") >= sent + 3 * len(SMALL)
     assert node.metric("request_latency_seconds_count", route="storage") >= 3
     assert node.metric("inflight", service="omnigate") == 0
+
+
+async def test_repeated_small_gets_are_answered_on_the_spot(node: RunningNode) -> None:
+    """Once an object was read, verified and kept (its file a second old), a one-shot GET
+    of it with a token already verified is answered by the fast path: counted there, in
+    the golden metrics as any other, and with the ordinary path's frames."""
+    data = os.urandom(700)
+    addr = put(node, data)
+    tenant = fresh_tenant()
+
+    def fast() -> float:
+        return node.metric("oap_fast_path_responses_total", service="omnigate")
+
+    conn = await raw(node)
+    try:
+        deadline = time.monotonic() + 15
+        for corr in itertools.count(1):
+            before, served = fast(), node.metric("requests_total", route="storage")
+            conn.send(get_frame(corr, addr=addr, tenant_id=tenant))
+            start, end = await conn.reply(corr)
+            assert (start.flags, start.code, start.payload) == (RESP | START, 0, data)
+            assert (end.flags, end.code, end.payload) == (RESP | END, 0, b"")
+            for frame in (start, end):
+                assert (frame.app_proto_id, frame.tenant_id, frame.corr_id) == (
+                    AppId.STORAGE,
+                    tenant,
+                    corr,
+                )
+            assert node.metric("requests_total", route="storage") == served + 1
+            if fast() == before + 1:
+                break
+            assert time.monotonic() < deadline, "no answer came from the fast path"
+    finally:
+        await conn.close()

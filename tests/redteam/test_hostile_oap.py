@@ -449,12 +449,13 @@ async def test_ten_thousand_open_streams_on_one_connection(node: RunningNode, ad
     """The first max_streams (128) are admitted and parked, and another client is served
     meanwhile; every START beyond gets 429 with retry_after_ms 1000. The attacker then
     falls silent and is cut at the idle deadline, its parked slots freed."""
-    conn = await connect(node)
     # Each admitted START its own tenant (a capability naming it), so its own quota
     # bucket: only the stream limit refuses. Starts beyond the limit are refused before
-    # their capability is looked at, so they reuse one.
+    # their capability is looked at, so they reuse one. Minted before connecting: on a
+    # busy machine 128 mints can outlast the idle timeout of a connection left silent.
     starts = {corr: fresh_tenant() for corr in range(1, 10_001)}
     tokens = {corr: tenant_cap(node, starts[corr]) for corr in range(1, 129)}
+    conn = await connect(node)
     try:
         conn.send(
             b"".join(

@@ -9,8 +9,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from ron.kernel import HealthState, Metrics
 from ron.kernel.metrics import (
     RequestTally,
-    counter_adder,
-    histogram_observer,
     merge_expositions,
     status_class,
 )
@@ -128,17 +126,3 @@ def test_a_pinned_tally_adder_counts_like_add_across_scrapes() -> None:
                 plain.add("/o/{addr}", "GET", 204, s, 0, 10)
                 pinned.add("/o/{addr}", "GET", 204, s, 0, 10)
         assert tallied.render() == direct.render()
-
-
-def test_hot_path_adders_write_the_same_series_as_the_public_calls() -> None:
-    public, fast = Metrics(), Metrics()
-    amounts = [0.0, 0.00005, 0.0001, 0.00011, 0.003, 0.5, 29.9, 30.0, 31.0, 1e9]
-    for a in amounts:
-        public.request_latency_seconds.labels("storage").observe(a)
-        public.bytes_out_total.labels("storage").inc(a)
-    observe = histogram_observer(fast.request_latency_seconds.labels("storage"))
-    add = counter_adder(fast.bytes_out_total.labels("storage"))
-    for a in amounts:
-        observe(a)
-        add(a)
-    assert fast.render() == public.render()

@@ -31,6 +31,7 @@ from ron.proto.oap import (
     decode_frame,
     encode_frame,
     error_from_payload,
+    one_shot_reply,
 )
 
 STORAGE = 0x0301
@@ -421,3 +422,78 @@ def test_a_hostile_server_cannot_crash_a_client_with_deeply_nested_json() -> Non
     nested = b"[" * 100_000 + b"]" * 100_000
     err = error_from_payload(503, nested)
     assert isinstance(err, RonError) and err.code is ErrorCode.UNAVAILABLE
+
+
+# --- one-shot requests answered on the spot (omnigate's fast path) ---------------------------
+
+
+def test_one_shot_finds_a_plain_one_shot_and_leaves_the_stream_table_alone() -> None:
+    server = ServerConnection()
+    frame = wire(REQ | START | END, 7, b"{}", tenant_id=(3 << 64) | 9, cap=b"tok")
+    data = b"xx" + frame + wire(REQ | START | END, 8)
+    found = server.one_shot(data, 2)
+    assert found == (2 + len(frame), STORAGE, (3 << 64) | 9, 7, b"tok", b"{}")
+    assert server.open_streams == 0
+    # Reserved flag bits are dropped on receipt, here as there.
+    raw = bytearray(frame)
+    raw[6] = 0x01
+    assert server.one_shot(bytes(raw), 0) is not None
+
+
+@pytest.mark.parametrize("size", [0, 1, 100, 65_536])
+def test_one_shot_reply_is_what_send_response_builds(size: int) -> None:
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    tenant = (5 << 64) | 77
+    server = ServerConnection()
+    [started, _] = server.receive_data(wire(REQ | START | END, 41, tenant_id=tenant))
+    assert isinstance(started, RequestStarted)
+    expected = (server.send_response(started, payload, end=False) if payload else b"") + (
+        server.send_response(started, b"", end=True)
+    )
+    head, end = one_shot_reply(STORAGE, tenant, 41, size)
+    assert head + payload + end == expected
+
+
+def _busy(server: ServerConnection, corr_id: int) -> None:
+    server.receive_data(wire(REQ | START, corr_id))
+
+
+@pytest.mark.parametrize(
+    ("case", "data"),
+    [
+        ("partial", wire(REQ | START | END, 1, b"{}")[:-1]),
+        ("header only", wire(REQ | START | END, 1)[:20]),
+        ("start only", wire(REQ | START, 1)),
+        ("compressed", wire(REQ | START | END | Flags.COMP, 1, b"not even zstd")),
+        ("event", wire(REQ | START | END | Flags.EVENT, 1)),
+        ("hello", wire(Flags(0), 1, app_proto_id=0)),
+        ("resp", wire(RESP | START | END, 1)),
+        ("version", b"\x21\x00\x00\x00\x02" + wire(REQ | START | END, 1)[5:]),
+        ("over max_frame", wire(REQ | START | END, 1, b"x" * 2000)),
+        ("over the stream budget", wire(REQ | START | END, 1, b"x" * 600)),
+        ("busy corr_id", wire(REQ | START | END, 2)),
+        ("discarded corr_id", wire(REQ | START | END, 3)),
+    ],
+)
+def test_one_shot_declines_whatever_receive_data_would_treat_otherwise(
+    case: str, data: bytes
+) -> None:
+    limits = OapLimits(max_frame=1024, max_stream_bytes=512)
+    server = ServerConnection(limits)
+    _busy(server, 2)
+    # corr_id 3 refused mid-request: its later frames would be dropped silently.
+    server.receive_data(wire(REQ | START, 3, b"x" * 600))
+    assert server.one_shot(data, 0) is None, case
+
+
+def test_one_shot_declines_with_bytes_pending_or_no_room_or_after_a_fatal_error() -> None:
+    frame = wire(REQ | START | END, 1)
+    pending = ServerConnection()
+    pending.receive_data(frame[:10])
+    assert pending.one_shot(frame, 0) is None
+    full = ServerConnection(OapLimits(max_streams=1))
+    _busy(full, 9)
+    assert full.one_shot(frame, 0) is None
+    broken = ServerConnection()
+    broken.receive_data(b"\xff\xff\xff\xff")
+    assert broken.closed and broken.one_shot(frame, 0) is None

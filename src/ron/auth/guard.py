@@ -82,6 +82,12 @@ class Guard:
             self._on_refusal("unauthorized")
             raise
 
+    def remembered(self, token: str | bytes) -> Grant | None:
+        """The grant of a token this process already authenticated, re-checked for what
+        may have changed since (key, rotation, revocation, expiry); None for anything
+        else, which :meth:`grant` then decides (and counts, when it refuses)."""
+        return self.verifier.remembered(token, audience=self.audience)
+
     def authorize(
         self,
         grant: Grant | None,

@@ -239,19 +239,9 @@ class Verifier:
         if not isinstance(token, str):
             token = bytes(token)  # hashable, and a caller's buffer may change later
         t = self._clock() if now is None else now
-        if not self.refresh_every_s or time.monotonic() >= self._next_refresh:
-            self._refresh()
-        known = self._grants.get(token)
-        if known is not None:
-            grant, key, aud = known
-            if (
-                aud == audience
-                and self.keyring.get(grant.key_id) is key
-                and key.usable_at(t, self.overlap_s)
-                and not self.revocations.is_revoked(grant.token_id)
-                and (grant.expires is None or t < grant.expires)
-            ):
-                return grant
+        grant = self.remembered(token, audience=audience, now=t)
+        if grant is not None:
+            return grant
         parsed, key = self._signed(token)
         if not key.usable_at(t, self.overlap_s):
             raise _unauthorized("token's key was rotated out and its overlap has ended")
@@ -286,6 +276,35 @@ class Verifier:
             self._grants.pop(next(iter(self._grants)))  # oldest first
         self._grants[token] = (grant, key, audience)
         return grant
+
+    def remembered(
+        self, token: str | bytes, *, audience: str | None, now: float | None = None
+    ) -> Grant | None:
+        """The grant ``token`` authenticated to before, if it still stands; else None.
+
+        Skips what cannot have changed since (parsing, the HMAC chain, the caveat walk)
+        but checks on every call what can: the keyring and revocation list are refreshed
+        as for :meth:`authenticate`, and the signing key must still be the keyring's and
+        inside its overlap, the token not revoked nor expired, the audience the same.
+        Never raises and counts nothing, so a fast path can ask first and leave every
+        other answer (401 included) to :meth:`authenticate`.
+        """
+        if not self.refresh_every_s or time.monotonic() >= self._next_refresh:
+            self._refresh()
+        known = self._grants.get(token)
+        if known is None:
+            return None
+        grant, key, aud = known
+        t = self._clock() if now is None else now
+        if (
+            aud == audience
+            and self.keyring.get(grant.key_id) is key
+            and key.usable_at(t, self.overlap_s)
+            and not self.revocations.is_revoked(grant.token_id)
+            and (grant.expires is None or t < grant.expires)
+        ):
+            return grant
+        return None
 
     def _signed(self, token: str | bytes) -> tuple[Token, RootKey]:
         """Parse ``token`` and check its chain against its root key (401 otherwise)."""

@@ -210,36 +210,6 @@ class RequestTally:
         return out
 
 
-def counter_adder(child: Counter) -> Callable[[float], None]:
-    """``child.inc`` for a hot path: the same series, without the per-call checks.
-
-    ``Counter.inc`` checks on every call that the metric is a labelled child and that
-    the amount is not negative, two Python calls before the locked add. A caller that
-    resolved the child once and only adds sizes and counts can add to its value
-    directly. Falls back to ``inc`` if the client library ever stores it otherwise.
-    """
-    inc = getattr(getattr(child, "_value", None), "inc", None)
-    return inc if callable(inc) else child.inc
-
-
-def histogram_observer(child: Histogram) -> Callable[[float], None]:
-    """``child.observe`` for a hot path: the bucket is found by bisection (the library
-    walks its bounds in Python) and the per-call checks are skipped. Same series."""
-    bounds = getattr(child, "_upper_bounds", None)
-    buckets = getattr(child, "_buckets", None)
-    total = getattr(getattr(child, "_sum", None), "inc", None)
-    if not bounds or not buckets or len(bounds) != len(buckets) or not callable(total):
-        return child.observe
-    incs = [bucket.inc for bucket in buckets]
-    add_to_sum = total
-
-    def observe(amount: float) -> None:
-        add_to_sum(amount)
-        incs[bisect_left(bounds, amount)](1)
-
-    return observe
-
-
 def status_class(status: int) -> str:
     """``2xx``-style label: status classes keep ``requests_total`` low-cardinality."""
     return f"{status // 100}xx"

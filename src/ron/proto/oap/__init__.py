@@ -19,6 +19,7 @@ from ron.proto.oap.connection import (
     SUPPORTED_FLAGS,
     ClientConnection,
     OapLimits,
+    OneShot,
     ServerConnection,
     ServerInfo,
     error_frame,
@@ -26,6 +27,7 @@ from ron.proto.oap.connection import (
     error_payload,
     hello_frame,
     hello_payload,
+    one_shot_reply,
 )
 from ron.proto.oap.errors import LocalProtocolError, OapError
 from ron.proto.oap.events import (
@@ -82,6 +84,7 @@ __all__ = [
     "LocalProtocolError",
     "OapError",
     "OapLimits",
+    "OneShot",
     "ProtocolError",
     "ReplyTarget",
     "RequestData",
@@ -104,4 +107,5 @@ __all__ = [
     "flag_names",
     "hello_frame",
     "hello_payload",
+    "one_shot_reply",
 ]

@@ -56,6 +56,9 @@ from ron.proto.oap.frame import (
     _HEADER,
     _U64,
     FIXED,
+    HEADER_LEN,
+    KNOWN_FLAGS,
+    LEN_PREFIX,
     MAX_FRAME,
     MAX_LEN,
     VERSION,
@@ -76,6 +79,7 @@ _REQ, _RESP, _EVENT, _START, _END = (
 _COMP, _E2E = int(Flags.COMP), int(Flags.APP_E2E)
 _HELLO = int(AppId.HELLO)
 _RESP_END = Flags.RESP | Flags.END
+_ONE_SHOT = _REQ | _START | _END
 OPTIONAL_FLAGS = Flags.EVENT | Flags.ACK_REQ | Flags.COMP | Flags.APP_E2E
 """Flags a caller may add to a frame; direction, START and END belong to the machine."""
 _OPTIONAL = int(OPTIONAL_FLAGS)
@@ -219,6 +223,23 @@ def error_from_payload(code: int, payload: bytes) -> RonError:
     return RonError(err_code, message, retry_after=retry_after)
 
 
+def one_shot_reply(
+    app_proto_id: int, tenant_id: int, corr_id: int, size: int
+) -> tuple[bytes, bytes]:
+    """The headers of a reply of ``size`` payload bytes in one frame, as
+    :meth:`ServerConnection.send_response` would build them: ``RESP|START`` (empty when
+    ``size`` is 0: the reply is then a bare ``RESP|END``) and the empty ``RESP|END`` that
+    follows the payload. Code 0, no compression; the caller keeps ``size`` within
+    ``max_frame`` and the ids within range (they come from a decoded request header).
+    """
+    lo, hi = tenant_id & _U64, tenant_id >> 64
+    end = _HEADER.pack(FIXED, VERSION, _RESP | _END, 0, app_proto_id, lo, hi, 0, corr_id)
+    if not size:
+        return b"", end
+    head = _HEADER.pack(FIXED + size, VERSION, _RESP | _START, 0, app_proto_id, lo, hi, 0, corr_id)
+    return head, end
+
+
 # --- stream bookkeeping --------------------------------------------------------------
 
 
@@ -227,6 +248,11 @@ class _Reply(Enum):
 
     IDLE = "idle"
     STREAMING = "streaming"
+
+
+OneShot = tuple[int, int, int, int, bytes, bytes]
+"""A one-shot request found by :meth:`ServerConnection.one_shot`: where its frame ends in
+the buffer, app_proto_id, tenant_id, corr_id, cap, payload."""
 
 
 @dataclass(slots=True)
@@ -331,6 +357,45 @@ class ServerConnection:
             if fields is None:
                 return events
             self._on_frame(fields, events)
+
+    def one_shot(self, data: bytes, start: int) -> OneShot | None:
+        """The complete ``REQ|START|END`` frame at ``data[start:]`` if receiving it would
+        do nothing but open a stream and end its request; else None.
+
+        For a caller that answers such a request on the spot (:func:`one_shot_reply`)
+        instead of feeding it to :meth:`receive_data`: a stream opened, ended and
+        answered within one call leaves the stream table as if it had never been, so
+        skipping the table is only right when nothing else would happen. Hence None for
+        anything :meth:`receive_data` would treat otherwise: bytes still buffered before
+        ``data``, a fatal state, a frame that is short or breaks a framing rule, other
+        flags (COMP, EVENT...), HELLO, a busy or discarded corr_id, no room for one more
+        stream, a payload over the stream budget. ``data`` itself is left alone.
+        """
+        if self._closed or self._decoder.buffered:
+            return None
+        if len(data) - start < HEADER_LEN:
+            return None
+        (length, ver, flags, _, app, t_lo, t_hi, cap_len, corr_id) = _HEADER.unpack_from(
+            data, start
+        )
+        end = start + LEN_PREFIX + length
+        limits = self.limits
+        if (
+            ver != VERSION
+            or flags & KNOWN_FLAGS != _ONE_SHOT
+            or app == _HELLO
+            or not FIXED + cap_len <= length <= limits.max_frame
+            or end > len(data)
+            or length - FIXED - cap_len > limits.max_stream_bytes
+            or len(self._streams) >= limits.max_streams
+            or corr_id in self._streams
+            or (self._discard and corr_id in self._discard)
+        ):
+            return None
+        cap_start = start + HEADER_LEN
+        tenant = t_lo | (t_hi << 64) if t_hi else t_lo
+        payload_start = cap_start + cap_len
+        return end, app, tenant, corr_id, data[cap_start:payload_start], data[payload_start:end]
 
     def _on_frame(self, fields: Fields, events: list[ServerEvent]) -> None:
         flags, _, app, tenant, corr_id, cap, payload = fields

@@ -132,6 +132,28 @@ class StorageApp:
                 self._guard.authorize(request.grant, method="GET", path=path)
             await self._by_path(path, reply)
 
+    def fast_get(self, payload: bytes, grant: Grant) -> bytes | None:
+        """The payload of a GET by address whose answer is certain and in memory: a
+        request already seen and parsed (same bytes), its address resolved lately, the
+        grant allowing it, a public small object whose verified bytes are kept and
+        whose file is unchanged. None otherwise: :meth:`__call__` then answers,
+        refusals and errors included, so nothing here raises or counts.
+        """
+        known = self._targets.get(payload)
+        if known is None or known[0] is None:
+            return None  # not seen yet, or a tiles path
+        text = known[0]
+        addr = self._parsed.get(text)
+        if addr is None:
+            return None
+        if self._guard is not None and not grant.allows(method="GET", path=f"/o/{text}", addr=text):
+            return None
+        reader = self._reader
+        info = reader.cached_info(addr)
+        if info is None or info.private or not reader.is_small(info):
+            return None
+        return reader.cached_small(info)
+
     def _target(self, request: OapRequest) -> tuple[str | None, str | None]:
         """``(addr, path)`` of a well-formed GET, exactly one of them set (else 400).
 

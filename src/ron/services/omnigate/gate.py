@@ -28,7 +28,7 @@ from ron import __version__
 from ron.auth.guard import Guard
 from ron.auth.verifier import Grant
 from ron.kernel.config import OmnigateConfig
-from ron.kernel.metrics import Metrics, counter_adder, histogram_observer, status_class
+from ron.kernel.metrics import Metrics, RequestTally
 from ron.proto.envelope import ErrorCode, RonError
 from ron.proto.oap import AppId, OapLimits, ServerInfo
 from ron.quota.bucket import BucketTable
@@ -55,6 +55,13 @@ class App:
     long_lived: Callable[[bytes], bool] | None = None
     """Whether a ``REQ|START`` without END (given its payload) opens a long-lived request
     that is dispatched at once and ended by the client's END (mailbox subscribe)."""
+    fast_get: Callable[[bytes, Grant], bytes | None] | None = None
+    """The answer to a one-shot GET (its payload, its capability's grant) when it is
+    certain and at hand, without waiting: the bytes the handler would send in one reply
+    frame before its empty END, with op ``get``. None whenever the handler must decide
+    (errors and refusals included); it must never raise nor count anything. Lets the
+    connection answer a cached small object without a request object, task or
+    coroutine (``OapServerProtocol``'s fast path)."""
 
 
 def _rate(settings: OmnigateConfig, app_proto_id: int) -> float | None:
@@ -85,7 +92,16 @@ class Gate:
         self.tls = tls
         self.inflight = 0
         self._buckets: BucketTable[tuple[int | str, int]] = BucketTable(settings.quota_table_size)
-        self._children: dict[tuple[str, str, int], tuple[Callable[[float], None], ...]] = {}
+        self._tally = RequestTally(metrics)
+        # Requests the connections' fast path answered: a plain int on the hot path,
+        # folded into the counter at each scrape.
+        self.fast_answers = 0
+        self._fast_counted = 0
+        self._fast_total = metrics.counter(
+            "oap_fast_path_responses_total",
+            "OAP requests answered by omnigate's fast path (cached small objects).",
+        )
+        metrics.before_render(self._fold_fast)
         self._rejected: dict[str, Any] = {}
         self.connections = metrics.gauge("oap_connections", "Open OAP/1 connections.")
         # Read at scrape time: no gauge update (and its lock) on the request path.
@@ -132,42 +148,69 @@ class Gate:
         }
         return dataclasses.replace(self.info, extra=extra)
 
+    def remembered(self, cap: bytes) -> Grant | None:
+        """The grant of a capability this process already verified, if it still stands
+        (see :meth:`Guard.remembered`); None for no capability, no guard, or anything
+        :meth:`authenticate` must decide."""
+        guard = self.guard
+        if guard is None or not cap:
+            return None
+        return guard.remembered(cap)
+
     def admit(self, app: App, app_proto_id: int, tenant_id: int | str) -> RonError | None:
         """Take an inflight slot and a token, or say why not (the error to send).
 
         ``tenant_id`` is the verified capability's tenant when there is one, else the
         frame's numeric tenant (only on a node that does not enforce capabilities)."""
-        settings = self.settings
         shared = self.shared
         inflight = self.inflight if shared is None else shared.inflight()
-        if inflight >= settings.max_inflight:
+        if inflight >= self.settings.max_inflight:
             self.reject("inflight")
             return RonError(
                 ErrorCode.UNAVAILABLE,
                 "server busy: too many requests in flight",
                 retry_after=round(random.uniform(*BUSY_RETRY_S), 3),
             )
-        rate = _rate(settings, app_proto_id)
-        if rate is not None:
-            burst = max(1.0, rate * settings.burst_factor)
-            now = time.monotonic()
-            if shared is None:
-                wait = self._buckets.take(
-                    (tenant_id, app_proto_id), rate=rate, burst=burst, now=now
-                )
-            else:
-                wait = shared.take(tenant_id, app_proto_id, rate=rate, burst=burst, now=now)
-            if wait is not None:
-                self.metrics.quota_exhaustions_total.labels(app.name).inc()
-                return RonError(
-                    ErrorCode.QUOTA_EXHAUSTED,
-                    "tenant quota exhausted",
-                    retry_after=max(0.001, round(wait, 3)),
-                )
+        wait = self._take(app_proto_id, tenant_id)
+        if wait is not None:
+            self.metrics.quota_exhaustions_total.labels(app.name).inc()
+            return RonError(
+                ErrorCode.QUOTA_EXHAUSTED,
+                "tenant quota exhausted",
+                retry_after=max(0.001, round(wait, 3)),
+            )
         self.inflight += 1
         if shared is not None:
             shared.add_inflight(1)
         return None
+
+    def admit_now(self, app_proto_id: int, tenant_id: int | str) -> bool:
+        """Admission of a request answered before anything else runs: True when
+        :meth:`admit` would admit it (the token is then taken), else False and nothing
+        counted, so the ordinary path asks again and refuses with the error frame.
+
+        Such a request never holds its inflight slot where anyone could see it, so the
+        cap is checked as if it did (``>=``, as :meth:`admit` before it counts itself).
+        A refused bucket take charges nothing, so asking again is harmless.
+        """
+        shared = self.shared
+        inflight = self.inflight if shared is None else shared.inflight()
+        if inflight >= self.settings.max_inflight:
+            return False
+        return self._take(app_proto_id, tenant_id) is None
+
+    def _take(self, app_proto_id: int, tenant_id: int | str) -> float | None:
+        """Charge one request to the (tenant, app) bucket: None when admitted (or the app
+        has no rate), else seconds to wait."""
+        settings = self.settings
+        rate = _rate(settings, app_proto_id)
+        if rate is None:
+            return None
+        burst = max(1.0, rate * settings.burst_factor)
+        now = time.monotonic()
+        if self.shared is None:
+            return self._buckets.take((tenant_id, app_proto_id), rate=rate, burst=burst, now=now)
+        return self.shared.take(tenant_id, app_proto_id, rate=rate, burst=burst, now=now)
 
     def sweep_handshakes(self, now: float) -> int:
         """Count and forget handshakes older than the handshake timeout (they failed)."""
@@ -208,25 +251,16 @@ class Gate:
             child = self._rejected[reason] = self.metrics.rejected_total.labels(reason)
         child.inc()
 
+    def _fold_fast(self) -> None:
+        new = self.fast_answers - self._fast_counted
+        if new:
+            self._fast_total.inc(new)
+            self._fast_counted = self.fast_answers
+
     def record(
         self, route: str, method: str, status: int, started: float, nbytes_in: int, nbytes: int
     ) -> None:
-        """One finished request in the golden metrics (children resolved once: hot path)."""
-        key = (route, method, status)
-        children = self._children.get(key)
-        if children is None:
-            m = self.metrics
-            children = (
-                counter_adder(m.requests_total.labels(route, method, status_class(status))),
-                histogram_observer(m.request_latency_seconds.labels(route)),
-                counter_adder(m.bytes_in_total.labels(route)),
-                counter_adder(m.bytes_out_total.labels(route)),
-            )
-            self._children[key] = children
-        count, observe, add_in, add_out = children
-        count(1)
-        observe(time.perf_counter() - started)
-        if nbytes_in:
-            add_in(nbytes_in)
-        if nbytes:
-            add_out(nbytes)
+        """One finished request in the golden metrics: tallied here, folded into the
+        registry at each scrape (:class:`RequestTally`; four locked updates per request
+        were a visible share of a small GET)."""
+        self._tally.add(route, method, status, time.perf_counter() - started, nbytes, nbytes_in)

@@ -36,6 +36,7 @@ from ron.proto.oap import (
     RequestEnded,
     RequestStarted,
     ServerConnection,
+    one_shot_reply,
 )
 from ron.services.omnigate.apps import OapRequest
 from ron.services.omnigate.gate import App, Gate
@@ -261,6 +262,10 @@ class OapServerProtocol(asyncio.Protocol):
         self._batching = False  # inside data_received: it flushes at its end
         self._open = False  # serving: set once accepted, cleared when closing
         self._counted = False  # counted in the connections gauge
+        # Whether any application has a fast path, and so whether _serve_fast may help.
+        self._fast = gate.guard is not None and any(
+            app.fast_get is not None for app in gate.apps.values()
+        )
 
     # --- transport callbacks ----------------------------------------------------------
 
@@ -290,6 +295,12 @@ class OapServerProtocol(asyncio.Protocol):
             return
         self._batching = True
         try:
+            if self._fast and type(data) is bytes:  # slices of it become hashable keys
+                served = self._serve_fast(data)
+                if served:
+                    if served == len(data):
+                        return
+                    data = data[served:]
             events = self.conn.receive_data(data)
             if events:  # bytes of an unfinished frame are not activity (slowloris)
                 self._last = self._loop.time()
@@ -405,6 +416,55 @@ class OapServerProtocol(asyncio.Protocol):
 
     def _send_error(self, target: Any, err: RonError) -> None:
         self.write(self.conn.send_error(target, err, new_corr_id()))
+
+    # --- the fast path ------------------------------------------------------------------
+
+    def _serve_fast(self, data: bytes) -> int:
+        """Answer the one-shot GETs at the start of ``data`` that need no decision;
+        return how many bytes they took (the rest goes to the ordinary path).
+
+        A small GET of a cached object is most of what omnigate serves, and through the
+        ordinary path its events, request objects and handler coroutine cost more than
+        the answer. Here a complete ``REQ|START|END`` frame that would only open and end
+        a stream (:meth:`ServerConnection.one_shot`), from a capability already verified
+        and still standing (:meth:`Gate.remembered`), for an answer the application has
+        at hand (``App.fast_get``), admitted (:meth:`Gate.admit_now`), is answered on the
+        spot with the very frames, metrics and quota charge of the ordinary path. The
+        first frame for which any of that is not so, and all after it, are left to the
+        ordinary path, which then decides everything as if this did not exist.
+        """
+        conn, gate = self.conn, self._gate
+        apps = gate.apps
+        chunk = self._chunk
+        size = len(data)
+        start = 0
+        while start < size and not self.paused:
+            started = time.perf_counter()
+            shot = conn.one_shot(data, start)
+            if shot is None:
+                break
+            end, app_id, tenant, corr_id, cap, payload = shot
+            app = apps.get(app_id)
+            if app is None or app.fast_get is None:
+                break
+            grant = gate.remembered(cap)
+            if grant is None:
+                break
+            body = app.fast_get(payload, grant)
+            if body is None or len(body) > chunk or not gate.admit_now(app_id, grant.tenant):
+                break
+            head, tail = one_shot_reply(app_id, tenant, corr_id, len(body))
+            if len(body) < DIRECT_WRITE:
+                self.write(head + body + tail if body else tail)
+            else:
+                self.write_parts((head, body))
+                self.write(tail)
+            gate.record(app.name, "get", 200, started, len(payload), len(body))
+            gate.fast_answers += 1
+            start = end
+        if start:
+            self._last = self._loop.time()
+        return start
 
     # --- events -----------------------------------------------------------------------
 

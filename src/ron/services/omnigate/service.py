@@ -84,10 +84,9 @@ class OmnigateService(Service):
 
     def _apps(self) -> dict[int, App]:
         """Application id -> handler."""
+        storage = StorageApp(self.reader, self._tiles_root, self.guard)
         return {
-            AppId.STORAGE: App(
-                "storage", StorageApp(self.reader, self._tiles_root, self.guard), eager=True
-            ),
+            AppId.STORAGE: App("storage", storage, eager=True, fast_get=storage.fast_get),
             AppId.MAILBOX: App(
                 "mailbox",
                 MailboxApp(lambda: self._ctx.peers.get("mailbox"), self.guard),

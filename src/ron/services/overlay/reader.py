@@ -145,11 +145,20 @@ class ContentReader:
         if self._index is not None:
             self._index.close()
 
-    def stat(self, addr: Address) -> ObjectInfo:
-        """The bundle for ``addr``; ``not_found`` when the node does not hold it."""
+    def cached_info(self, addr: Address) -> ObjectInfo | None:
+        """The bundle for ``addr`` if it is among those resolved lately, else None;
+        never touches the index, never raises (a fast path's question: everything
+        else is for :meth:`stat`)."""
         cached = self._cache.get(addr.hex)
         if cached is not None and (addr.tld is None or addr.tld == cached.manifest.tld):
             self._cache.move_to_end(addr.hex)
+            return cached
+        return None
+
+    def stat(self, addr: Address) -> ObjectInfo:
+        """The bundle for ``addr``; ``not_found`` when the node does not hold it."""
+        cached = self.cached_info(addr)
+        if cached is not None:
             return cached
         bundle: Path | None = None
         db = self._db()
