@@ -318,5 +318,9 @@ class SharedCounters:
     def total(self) -> int:
         return sum(self._all.unpack_from(self._map, 0))
 
+    def values(self, n: int) -> tuple[int, ...]:
+        """The first ``n`` workers' slots, in slot order."""
+        return self._all.unpack_from(self._map, 0)[:n]
+
     def close(self) -> None:
         self._map.close()

@@ -53,11 +53,15 @@ def specs_for(config: Config) -> list[ServiceSpec]:
     """The specs ``config.services`` selects, keeping dependency order, with one spec per
     gateway and omnigate worker (``gateway``, ``gateway-2``...): workers of a service
     share its listening socket."""
+    return _expand_workers(_select(config), worker_counts(config))
+
+
+def worker_counts(config: Config) -> dict[str, int]:
+    """How many worker processes each multi-worker service runs."""
     gateway = config.gateway
     # One event loop gains nothing from a second gateway in it: "auto" means one there.
     gateway_workers = 1 if config.single_process and not gateway.workers else gateway.worker_count
-    workers = {"gateway": gateway_workers, "omnigate": config.omnigate.workers}
-    return _expand_workers(_select(config), workers)
+    return {"gateway": gateway_workers, "omnigate": config.omnigate.workers}
 
 
 def _expand_workers(specs: list[ServiceSpec], workers: Mapping[str, int]) -> list[ServiceSpec]:

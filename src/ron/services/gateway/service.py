@@ -18,13 +18,14 @@ from ron.services.base import Service, ServiceContext
 from ron.services.gateway.accesslog import AccessLog
 from ron.services.gateway.admission import Admission
 from ron.services.gateway.app import GatewayApp
+from ron.services.gateway.balance import BalancedServer, ConnectionShares
 from ron.services.gateway.fastlane import fast_lane
 from ron.services.gateway.mailbox_hot import MailboxHotRoutes, mailbox_of
 from ron.services.gateway.protocol import guarded_protocol
 from ron.services.gateway.v1 import build_v1_app
 from ron.services.index.service import index_path
 from ron.services.overlay.reader import ContentReader, QuarantineReporter
-from ron.services.registry import worker_slot
+from ron.services.registry import worker_counts, worker_slot
 from ron.services.storage.store import ObjectStore
 
 
@@ -90,7 +91,16 @@ class GatewayService(Service):
             proxy_headers=False,
             server_header=False,
         )
-        self._server = EmbeddedServer(config)
+        workers = worker_counts(ctx.config)["gateway"]
+        self._shares: ConnectionShares | None = None
+        if workers > 1:
+            # Workers share the socket; keep their shares of connections even.
+            self._shares = ConnectionShares(
+                ctx.run_dir / "gateway-connections.counters", worker_slot(ctx.name), workers
+            )
+            self._server: EmbeddedServer = BalancedServer(config, self._shares)
+        else:
+            self._server = EmbeddedServer(config)
         sock = ctx.listeners["http"]
         self._serve = asyncio.create_task(self._server.serve(sockets=[sock]))
         # uvicorn exposes readiness only as a flag; poll it briefly.
@@ -131,4 +141,6 @@ class GatewayService(Service):
             await self._serve
         self.reader.close()
         self.admission.close()
+        if self._shares is not None:
+            self._shares.close()
         self.access_log.flush()
