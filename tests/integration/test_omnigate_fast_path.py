@@ -161,7 +161,9 @@ def _side(data: Path, settings: OmnigateConfig, *, fast: bool) -> Side:
     # Every call looks at the key and revocation files (the service looks every 100 ms):
     # a revocation or rotation made by the test applies to the very next request.
     guard.verifier.refresh_every_s = 0.0
-    reader = ContentReader(ObjectStore(data), data / "no-index.db", metrics)
+    # Stat the kept payload's file on every request (the service does every 0.25 s), so
+    # a file the test changes is noticed by the very next request, as by the ordinary path.
+    reader = ContentReader(ObjectStore(data), data / "no-index.db", metrics, recheck_s=0.0)
     storage = StorageApp(reader, lambda: None, guard)
     apps = {
         AppId.STORAGE: App(

@@ -44,6 +44,9 @@ SMALL_CACHE_BYTES = 32 * 1024 * 1024
 SETTLE_NS = 1_000_000_000
 """A payload file changed this recently is not cached: file timestamps are coarse (a
 kernel tick), so two writes within one tick could leave the same stamp behind."""
+RECHECK_S = 0.25
+"""How long the fast paths trust a kept payload's file before they ``stat`` it again
+(:meth:`ContentReader.cached_small`); what they serve is the verified bytes either way."""
 log = logging.getLogger("ron.overlay")
 
 
@@ -114,14 +117,19 @@ class ContentReader:
         index_path: Path,
         metrics: Metrics,
         on_corrupt: Callable[[Address, str], None] | None = None,
+        *,
+        recheck_s: float = RECHECK_S,
     ) -> None:
         self.store = store
+        self._recheck_s = recheck_s
         self._index_path = index_path
         self._index: IndexDB | None = None
         self._cache: OrderedDict[str, ObjectInfo] = OrderedDict()
         # hex -> (payload path, file stamp, verified bytes): see read_small.
         self._small: dict[str, tuple[str, tuple[int, int, int, int], bytes]] = {}
         self._small_bytes = 0
+        # hex -> when cached_small last found the kept payload's file unchanged.
+        self._checked: dict[str, float] = {}
         self._on_corrupt = on_corrupt
         self.integrity_failures = metrics.counter(
             "integrity_failures_total",
@@ -223,15 +231,31 @@ class ContentReader:
 
     def cached_small(self, info: ObjectInfo) -> bytes | None:
         """The kept payload of a small object if its file's stamp is unchanged, else
-        None; never reads, never raises (the fast lane's question: a miss, a vanished
-        file or a changed one goes to :meth:`small_payload`, which deals with each)."""
-        if info.hex not in self._small:
+        None; never reads, never raises (the fast lanes' question: a miss, a vanished
+        file or a changed one goes to :meth:`small_payload`, which deals with each).
+
+        The file is stat'ed at most every ``RECHECK_S`` per object, as nginx's
+        ``open_file_cache_valid`` re-checks open files: a ``stat`` of a bundle's path
+        was a tenth of a fast answer's CPU, and what is served is the bytes that matched
+        the address when they were kept, whatever happened to the file since. A file
+        changed or removed on disk is noticed (and, when corrupt, quarantined by the
+        read that follows) within ``RECHECK_S``.
+        """
+        kept = self._small.get(info.hex)
+        if kept is None:
             return None
+        now = time.monotonic()
+        checked = self._checked.get(info.hex)
+        if checked is not None and now - checked < self._recheck_s:
+            return kept[2]
         try:
             st = os.stat(info.payload_path)
         except OSError:
             return None
-        return self._kept(info, st)
+        data = self._kept(info, st)
+        if data is not None:
+            self._checked[info.hex] = now
+        return data
 
     def _kept(self, info: ObjectInfo, st: os.stat_result) -> bytes | None:
         """The kept payload when it was read from this path with this stamp."""
@@ -272,6 +296,7 @@ class ContentReader:
         self._small_bytes += len(data)
 
     def _drop_small(self, hex_digest: str) -> None:
+        self._checked.pop(hex_digest, None)
         kept = self._small.pop(hex_digest, None)
         if kept is not None:
             self._small_bytes -= len(kept[2])
