@@ -63,6 +63,9 @@ def test_a_burst_of_connections_splits_evenly_between_two_workers(tmp_path: Path
                 lambda h=h: _Held(h),
                 h,
                 ConnectionShares(table, slot, 2),  # type: ignore[misc]
+                # Patient enough that a slow loop on a busy machine cannot end a
+                # deferral early (the default's bound is the stranding test's subject).
+                max_defer_s=10.0,
             )
             for slot, (s, h) in enumerate(zip([sock, sock.dup()], held, strict=True))
         ]
@@ -116,6 +119,9 @@ def test_closed_connections_free_their_share(tmp_path: Path) -> None:
                 lambda h=h: _Held(h),
                 h,
                 ConnectionShares(table, slot, 2),  # type: ignore[misc]
+                # Patient enough that a slow loop on a busy machine cannot end a
+                # deferral early (the default's bound is the stranding test's subject).
+                max_defer_s=10.0,
             )
             for slot, (s, h) in enumerate(zip([sock, sock.dup()], held, strict=True))
         ]

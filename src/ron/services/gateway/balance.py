@@ -99,8 +99,11 @@ class BalancedListener:
         factory: Callable[[], asyncio.Protocol],
         held: Sized,
         shares: ConnectionShares,
+        *,
+        max_defer_s: float = MAX_DEFER_S,
     ) -> None:
         self._loop = asyncio.get_running_loop()
+        self._max_defer_s = max_defer_s
         self._sock = sock
         self._factory = factory
         self._held = held
@@ -125,7 +128,7 @@ class BalancedListener:
             if least is not None and held > least:
                 if self._deferred_at is None:
                     self._deferred_at = now
-                if now - self._deferred_at < MAX_DEFER_S:
+                if now - self._deferred_at < self._max_defer_s:
                     self._pause(DEFER_S)
                     return
             try:
