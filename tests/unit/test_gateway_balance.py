@@ -52,23 +52,26 @@ def _listening() -> socket.socket:
     return sock
 
 
+def _two_workers(
+    sock: socket.socket, table: Path, held: list[set[asyncio.Protocol]]
+) -> list[BalancedListener]:
+    """Two workers' listeners on one socket, each with its own descriptor and slot."""
+
+    def make(slot: int, s: socket.socket) -> BalancedListener:
+        mine = held[slot]
+        # Patient enough that a slow loop on a busy machine cannot end a deferral early
+        # (the default's bound is the stranding test's subject).
+        shares = ConnectionShares(table, slot, 2)
+        return BalancedListener(s, lambda: _Held(mine), mine, shares, max_defer_s=10.0)
+
+    return [make(0, sock), make(1, sock.dup())]
+
+
 def test_a_burst_of_connections_splits_evenly_between_two_workers(tmp_path: Path) -> None:
     async def run() -> tuple[int, int]:
         sock = _listening()
-        table = tmp_path / "conns"
         held: list[set[asyncio.Protocol]] = [set(), set()]
-        listeners = [
-            BalancedListener(
-                s,
-                lambda h=h: _Held(h),
-                h,
-                ConnectionShares(table, slot, 2),  # type: ignore[misc]
-                # Patient enough that a slow loop on a busy machine cannot end a
-                # deferral early (the default's bound is the stranding test's subject).
-                max_defer_s=10.0,
-            )
-            for slot, (s, h) in enumerate(zip([sock, sock.dup()], held, strict=True))
-        ]
+        listeners = _two_workers(sock, tmp_path / "conns", held)
         clients = await _connect_burst(sock.getsockname()[1], 8)
         await _until(lambda: len(held[0]) + len(held[1]) == 8)
         counts = len(held[0]), len(held[1])
@@ -111,20 +114,8 @@ def test_closed_connections_free_their_share(tmp_path: Path) -> None:
 
     async def run() -> tuple[int, int]:
         sock = _listening()
-        table = tmp_path / "conns"
         held: list[set[asyncio.Protocol]] = [set(), set()]
-        listeners = [
-            BalancedListener(
-                s,
-                lambda h=h: _Held(h),
-                h,
-                ConnectionShares(table, slot, 2),  # type: ignore[misc]
-                # Patient enough that a slow loop on a busy machine cannot end a
-                # deferral early (the default's bound is the stranding test's subject).
-                max_defer_s=10.0,
-            )
-            for slot, (s, h) in enumerate(zip([sock, sock.dup()], held, strict=True))
-        ]
+        listeners = _two_workers(sock, tmp_path / "conns", held)
         port = sock.getsockname()[1]
         first = await _connect_burst(port, 4)
         await _until(lambda: len(held[0]) + len(held[1]) == 4)
