@@ -19,6 +19,7 @@ from ron.services.mailbox.jsonwire import (
     deliveries_body,
     delivery_json,
     outgoing_from_json,
+    send_result_body,
     send_results_body,
 )
 from ron.services.mailbox.model import Delivery, SendResult
@@ -52,6 +53,8 @@ def test_send_results_render_like_the_generic_encoder() -> None:
     ]
     want = {"messages": [{"msg_id": r.msg_id, "duplicate": r.duplicate} for r in results]}
     assert send_results_body(results) == render_json(want)
+    for r, one in zip(results, want["messages"], strict=True):
+        assert send_result_body(r) == render_json(one)
 
 
 def test_batch_bodies_are_parsed_strictly() -> None:

@@ -1,8 +1,9 @@
-"""Strict JSON request bodies: one parser for every door that takes JSON.
+"""The JSON APIs' rules, in and out: bodies parsed strictly, replies rendered compactly.
 
-The HTTP gateway parses control bodies with it, and the mailbox parses message batches
-with it (the gateway hands those over unparsed), so a body is judged the same wherever
-it is read: objects only, no unknown or duplicate keys, no NaN or Infinity, exact types.
+The gateway's routes (raw ASGI and Starlette alike) and the mailbox's JSON shapes
+(``ron.services.mailbox.jsonwire``) use these, so a body is judged the same wherever it
+is read (objects only, no unknown or duplicate keys, no NaN or Infinity, exact types)
+and a reply renders the same whichever path built it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,15 @@ from typing import Any
 
 from ron.proto.envelope import ErrorCode, RonError
 
-__all__ = ["json_int", "json_number_or_none", "parse_object"]
+__all__ = ["ENCODER", "json_int", "json_number_or_none", "parse_object", "render_json"]
+
+# Replies render exactly as Starlette's JSONResponse does (compact, UTF-8, no NaN).
+ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def render_json(obj: Any) -> bytes:
+    """``obj`` as the JSON APIs answer it (compact, UTF-8, no NaN)."""
+    return ENCODER.encode(obj).encode()
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

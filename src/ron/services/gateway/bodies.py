@@ -11,12 +11,11 @@ types).
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from ron.proto.envelope import ErrorCode, RonError
-from ron.proto.strictjson import json_int, json_number_or_none, parse_object
+from ron.proto.strictjson import json_int, json_number_or_none, parse_object, render_json
 from ron.services.gateway.asgi import Headers, Receive, Scope, Send, header
 
 __all__ = [
@@ -38,19 +37,12 @@ T = TypeVar("T")
 
 MAX_CONTROL_BODY = 64 * 1024
 
-# Replies render exactly as Starlette's JSONResponse does, whichever path served them.
-_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
 
 
 class UnreadBody(RonError):
     """A refusal sent before the request body was read: the connection must close, or
     the unread bytes would be parsed as the next request."""
-
-
-def render_json(obj: Any) -> bytes:
-    """``obj`` as the JSON APIs answer it (compact, UTF-8, no NaN)."""
-    return _ENCODER.encode(obj).encode()
 
 
 async def reply_json(send: Send, status: int, body: bytes, extra: Headers | None = None) -> None:

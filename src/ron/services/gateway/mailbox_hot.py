@@ -34,7 +34,12 @@ from ron.services.gateway.bodies import (
     until_disconnect,
 )
 from ron.services.mailbox.api import MailboxAPI
-from ron.services.mailbox.jsonwire import batch_from_body, receipts_from_json, send_results_body
+from ron.services.mailbox.jsonwire import (
+    batch_from_body,
+    receipts_from_json,
+    send_result_body,
+    send_results_body,
+)
 from ron.services.mailbox.model import entry_budget
 
 HEADER_PREFIX = "x-ron-header-"
@@ -128,8 +133,7 @@ class MailboxHotRoutes:
             elif key is None and name == b"idempotency-key":
                 key = value.decode("latin-1")
         result = await self._mailbox().send(topic, payload, headers=headers, idempotency_key=key)
-        body = f'{{"msg_id":"{result.msg_id}","duplicate":{_BOOL[result.duplicate]}}}'
-        await reply_json(send, 201, body.encode())
+        await reply_json(send, 201, send_result_body(result))
 
     async def send_batch(
         self, scope: Scope, receive: Receive, send: Send, corr: str, topic: str
@@ -183,9 +187,6 @@ class MailboxHotRoutes:
             receipts_from_json(body), visibility_s=visibility, topics=topics
         )
         await reply_json(send, 200, _settled("extended", settled.done, settled.gone))
-
-
-_BOOL = {False: "false", True: "true"}
 
 
 def _settled(verb: str, done: int, gone: int) -> bytes:

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import Sequence
 from typing import Any
 
 from ron.proto.envelope import ErrorCode, RonError
-from ron.proto.strictjson import parse_object
+from ron.proto.strictjson import ENCODER, parse_object
 from ron.services.mailbox.model import MAX_BATCH, DeadLetter, Delivery, Outgoing, SendResult
 
 __all__ = [
@@ -23,19 +22,12 @@ __all__ = [
     "delivery_json",
     "outgoing_from_json",
     "receipts_from_json",
-    "render_json",
+    "send_result_body",
     "send_results_body",
 ]
 
-# Rendered as the JSON APIs answer (compact, UTF-8, no NaN): Starlette's JSONResponse.
-_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 _MESSAGES = frozenset({"messages"})
 _BOOL = {False: "false", True: "true"}
-
-
-def render_json(obj: Any) -> bytes:
-    """``obj`` as the JSON APIs answer it (compact, UTF-8, no NaN)."""
-    return _ENCODER.encode(obj).encode()
 
 
 def delivery_json(d: Delivery) -> dict[str, Any]:
@@ -90,16 +82,24 @@ def batch_from_body(raw: bytes) -> list[Outgoing]:
     return [outgoing_from_json(item) for item in items]
 
 
+def _result_text(r: SendResult) -> str:
+    return f'{{"msg_id":"{r.msg_id}","duplicate":{_BOOL[r.duplicate]}}}'
+
+
+def send_result_body(result: SendResult) -> bytes:
+    """The single-send reply, ``{"msg_id", "duplicate"}``."""
+    return _result_text(result).encode()
+
+
 def send_results_body(results: Sequence[SendResult]) -> bytes:
     """The batch-send reply, ``{"messages": [{"msg_id", "duplicate"}...]}``."""
-    parts = ",".join(f'{{"msg_id":"{r.msg_id}","duplicate":{_BOOL[r.duplicate]}}}' for r in results)
-    return f'{{"messages":[{parts}]}}'.encode()
+    return ('{"messages":[' + ",".join(_result_text(r) for r in results) + "]}").encode()
 
 
 def _delivery_text(d: Delivery) -> str:
     # The shape of delivery_json rendered by hand: msg ids, receipts and base64 need no
     # escaping, and only the headers (free text) go through the encoder.
-    headers = _ENCODER.encode(dict(d.headers)) if d.headers else "{}"
+    headers = ENCODER.encode(dict(d.headers)) if d.headers else "{}"
     return (
         f'{{"msg_id":"{d.msg_id}","receipt":"{d.receipt}",'
         f'"payload_b64":"{base64.b64encode(d.payload).decode("ascii")}",'

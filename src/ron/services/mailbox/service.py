@@ -458,20 +458,10 @@ class MailboxService(Service):
             return [r.to_wire() for r in await self.send_batch(args.get("topic"), batch)]  # type: ignore[arg-type]
 
         async def receive_body(args: dict[str, Any], ctx: CallContext) -> Any:
-            return await self.receive_body(
-                args.get("topic"),  # type: ignore[arg-type]
-                max_messages=args.get("max", 1),
-                visibility_s=args.get("visibility_s"),
-                wait_s=args.get("wait_s", 0.0),
-            )
+            return await self.receive_body(args.get("topic"), **_receive_args(args))  # type: ignore[arg-type]
 
         async def receive(args: dict[str, Any], ctx: CallContext) -> Any:
-            got = await self.receive(
-                args.get("topic"),  # type: ignore[arg-type]
-                max_messages=args.get("max", 1),
-                visibility_s=args.get("visibility_s"),
-                wait_s=args.get("wait_s", 0.0),
-            )
+            got = await self.receive(args.get("topic"), **_receive_args(args))  # type: ignore[arg-type]
             return [d.to_wire() for d in got]
 
         async def ack(args: dict[str, Any], ctx: CallContext) -> Any:
@@ -624,12 +614,7 @@ class MailboxClient:
         visibility_s: float | None = None,
         wait_s: float = 0.0,
     ) -> bytes:
-        args: dict[str, Any] = {"topic": topic, "max": max_messages, "visibility_s": visibility_s}
-        if wait_s:
-            args["wait_s"] = wait_s
-            reply = await self._waiting.call("receive_body", args, timeout=_wait_budget(wait_s))
-        else:
-            reply = await self._ipc.call("receive_body", args, timeout=_CALL_TIMEOUT)
+        reply = await self._receive("receive_body", topic, max_messages, visibility_s, wait_s)
         return _bytes(reply)
 
     async def receive(
@@ -640,13 +625,18 @@ class MailboxClient:
         visibility_s: float | None = None,
         wait_s: float = 0.0,
     ) -> list[Delivery]:
+        data = await self._receive("receive", topic, max_messages, visibility_s, wait_s)
+        return [Delivery.from_wire(d) for d in data]
+
+    async def _receive(
+        self, op: str, topic: str, max_messages: int, visibility_s: float | None, wait_s: float
+    ) -> Any:
+        """receive and receive_body: a call that may wait goes on the waiting pool."""
         args: dict[str, Any] = {"topic": topic, "max": max_messages, "visibility_s": visibility_s}
         if wait_s:
             args["wait_s"] = wait_s
-            data = await self._waiting.call("receive", args, timeout=_wait_budget(wait_s))
-        else:
-            data = await self._ipc.call("receive", args, timeout=_CALL_TIMEOUT)
-        return [Delivery.from_wire(d) for d in data]
+            return await self._waiting.call(op, args, timeout=_wait_budget(wait_s))
+        return await self._ipc.call(op, args, timeout=_CALL_TIMEOUT)
 
     async def _settle(
         self, op: str, receipts: Sequence[str], topics: Sequence[str] | None, **extra: Any
@@ -756,3 +746,13 @@ def _bytes(reply: object) -> bytes:
     if not isinstance(reply, bytes):
         raise RonError(ErrorCode.UPSTREAM_UNAVAILABLE, "mailbox replied with no body")
     return reply
+
+
+def _receive_args(args: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of a receive call from its IPC arguments (checked by
+    :meth:`MailboxService.receive`)."""
+    return {
+        "max_messages": args.get("max", 1),
+        "visibility_s": args.get("visibility_s"),
+        "wait_s": args.get("wait_s", 0.0),
+    }
