@@ -133,3 +133,35 @@ def test_closed_connections_free_their_share(tmp_path: Path) -> None:
         return counts
 
     assert asyncio.run(run()) == (3, 3)
+
+
+def test_a_connection_being_handed_over_counts_once(tmp_path: Path) -> None:
+    """When a protocol's connection_made runs (uvicorn's adds it to the held set there),
+    the worker's count must not also still hold it as "opening": a share published one
+    too high lets the other worker take one connection too many (seen as a 3-5 split)."""
+
+    async def run() -> list[tuple[int, int]]:
+        sock = _listening()
+        held: set[asyncio.Protocol] = set()
+        seen: list[tuple[int, int]] = []
+        listener: BalancedListener | None = None
+
+        class _Counting(_Held):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                super().connection_made(transport)
+                assert listener is not None
+                seen.append((listener.count(), len(self.held)))
+
+        shares = ConnectionShares(tmp_path / "conns", 0, 1)
+        listener = BalancedListener(sock, lambda: _Counting(held), held, shares)
+        clients = []
+        for n in range(1, 6):  # one at a time, so none is mid-accept when another is made
+            clients += await _connect_burst(sock.getsockname()[1], 1)
+            await _until(lambda: len(seen) == n)  # noqa: B023 (awaited before n moves on)
+        for c in clients:
+            c.close()
+        listener.close()
+        await listener.wait_closed()
+        return seen
+
+    assert asyncio.run(run()) == [(n, n) for n in range(1, 6)]

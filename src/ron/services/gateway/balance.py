@@ -116,12 +116,17 @@ class BalancedListener:
         sock.setblocking(False)
         self._loop.add_reader(sock.fileno(), self._on_readable)
 
-    def _count(self) -> int:
+    def count(self) -> int:
+        """Connections this worker holds or has accepted and not yet handed over.
+
+        Never more than the connections it really has: a share published one too high
+        makes the other worker take one too many.
+        """
         return len(self._held) + self._opening
 
     def _on_readable(self) -> None:
         while not self._closed:
-            held = self._count()
+            held = self.count()
             self._shares.publish(held)
             least = self._shares.least_other()
             now = self._loop.time()
@@ -146,7 +151,7 @@ class BalancedListener:
                 raise
             self._deferred_at = None
             self._opening += 1
-            self._shares.publish(self._count())
+            self._shares.publish(self.count())
             task = self._loop.create_task(self._open(conn))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -162,15 +167,27 @@ class BalancedListener:
             self._on_readable()
 
     async def _open(self, conn: socket.socket) -> None:
+        # The connection stops counting as "opening" when its protocol is made, before
+        # the protocol's connection_made puts it in ``held``: for that moment it counts
+        # once too few (a deferral waits a loop turn longer), never twice.
+        made = False
+
+        def protocol() -> asyncio.Protocol:
+            nonlocal made
+            made = True
+            self._opening -= 1
+            return self._factory()
+
         try:
             conn.setblocking(False)
             if conn.family in (socket.AF_INET, socket.AF_INET6):
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            await self._loop.connect_accepted_socket(self._factory, conn)
+            await self._loop.connect_accepted_socket(protocol, conn)
         except OSError:
             conn.close()  # reset before it could be served: nothing to clean up
         finally:
-            self._opening -= 1
+            if not made:
+                self._opening -= 1
 
     def close(self) -> None:
         """Stop accepting (the socket itself stays the kernel's)."""
