@@ -239,6 +239,22 @@ def test_send_makes_one_idempotency_key_per_logical_send() -> None:
     assert given.headers["idempotency-key"] == "mine-1"
 
 
+def test_a_batch_keys_every_message_once_and_a_retry_reuses_the_keys() -> None:
+    core = ClientCore(ClientConfig())
+    call = core.send_batch("t", [b"a", b"b", (b"c", {"k": "v"})], corr_id=None)
+    assert call.content is not None
+    keys = [m["idempotency_key"] for m in json.loads(call.content)["messages"]]
+    assert len(set(keys)) == 3
+    other = core.send_batch("t", [b"a"], corr_id=None)
+    assert other.content is not None
+    assert json.loads(other.content)["messages"][0]["idempotency_key"] not in keys
+    # The call is what a retry sends again: the same body, so the same keys.
+    assert [m["idempotency_key"] for m in json.loads(call.content)["messages"]] == keys
+    # One stem per batch (adjacent in the node's index), at most 128 characters.
+    stems = {k.rsplit("-", 1)[0] for k in keys}
+    assert len(stems) == 1 and all(len(k) <= 128 for k in keys)
+
+
 def test_receipts_are_taken_from_strings_or_messages() -> None:
     assert receipts_of("r1") == ["r1"]
     with pytest.raises(ValueError):

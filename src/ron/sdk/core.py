@@ -702,9 +702,14 @@ class ClientCore:
     ) -> Call[list[mb.SendResult]]:
         entries: list[dict[str, Any]] = []
         keys: list[str] = []
+        # One random stem per batch, numbered per message: as unique as a random key
+        # each, and the batch's keys sit side by side in the node's deduplication index,
+        # so storing them dirties one or two pages instead of one per message (measured
+        # in the store: a batch of 10 sent in 350-375 us instead of 580-680).
+        stem = f"sdk-{secrets.token_hex(16)}"
         for item in items:
             payload, hdrs = (item, {}) if isinstance(item, bytes | bytearray) else item
-            key = f"sdk-{secrets.token_hex(16)}"
+            key = f"{stem}-{len(keys)}"
             keys.append(key)
             entries.append(
                 {
