@@ -2,8 +2,8 @@
 
 Why not httpx for these: a mailbox or metadata call is small and frequent, and httpx's
 request machinery (URL merging, request and response models, cookie extraction, h11's
-event state machine) costs the client several times what the node spends answering the
-call. :class:`WirePool` sends such calls (a body of at most :data:`MAX_BODY` bytes or
+event state machine) costs the client about as much time per call as the node takes
+to answer it. :class:`WirePool` sends such calls (a body of at most :data:`MAX_BODY` bytes or
 none, an answer read whole) on ``http.client`` connections, which write a request's
 head and body in one ``send``.
 
