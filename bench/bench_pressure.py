@@ -2,7 +2,8 @@
 
 - 1 KiB GET requests/s with per-tenant quotas and per-request metrics on, against the
   same node with both off (target >= 0.9x). Both nodes run side by side (only one is
-  loaded at a time) and are measured in alternation, eight rounds each, with wrk; as in
+  loaded at a time) and are measured in alternation, eight rounds each, each round in
+  the reverse order of the one before, with wrk; as in
   the gateway benchmark the best round of each counts (interference only slows a round
   down; rounds on a 2-core machine swing by 15% or more, and with five rounds the
   ratio of two bests moved from 0.71 to 0.97 between runs of the same code), and the
@@ -62,8 +63,12 @@ def _get_rates(envs: dict[str, dict[str, str]], seconds: float) -> dict[str, tup
             node = stack.enter_context(ron_node(tmp, env=env))
             targets[name] = Server(f"{node.http}/o/{_put(node, os.urandom(1024))}", node.pid)
         best: dict[str, tuple[float, float]] = {}
+        order = list(targets.items())
         for _ in range(ROUNDS):
-            for name, target in targets.items():
+            # Each round reverses the order, so neither side is always measured first
+            # (right after its own warm-up) or always right after the other's load.
+            order.reverse()
+            for name, target in order:
                 pids = process_tree(target.pid)
                 wrk(target.url, seconds=1, connections=4)  # warm-up
                 before = cpu_seconds(pids)
