@@ -1,5 +1,6 @@
-"""The SDK's plain connections: kept alive, never reused once the server closed them,
-kept across TLS 1.3 session tickets, and failing loudly when an answer is cut short.
+"""The SDK's plain connections (``wire`` for Client, ``awire`` for AsyncClient): kept
+alive, never reused once the server closed them, kept across TLS 1.3 session tickets,
+retried only when safe, and failing loudly when an answer is cut short.
 
 Each test runs a real HTTP/1.1 server on a free port in a thread and counts the
 connections it accepted.
@@ -7,6 +8,7 @@ connections it accepted.
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import socket
 import ssl
@@ -15,9 +17,11 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import h11
 import pytest
 
 from ron.sdk import wire
+from ron.sdk.awire import AsyncWirePool
 from ron.services.omnigate.tls import ensure_dev_certs
 
 
@@ -203,3 +207,103 @@ def test_proxied_urls_are_left_to_httpx(monkeypatch: pytest.MonkeyPatch) -> None
     assert wire.usable("https://node.example:8443")
     monkeypatch.setenv("no_proxy", "node.example")
     assert wire.usable("http://node.example:8080")
+
+
+# --- the asyncio pool (AsyncClient's), against the same servers -----------------------
+
+
+async def _asend(
+    pool: AsyncWirePool,
+    body: bytes,
+    method: str = "POST",
+    headers: dict[str, str] | None = None,
+) -> wire.WireReply:
+    return await pool.request(
+        method,
+        "/v1/x",
+        headers={"content-type": "application/octet-stream", **(headers or {})},
+        content=body,
+        timeout=5.0,
+        params={"k": "v w"},
+    )
+
+
+async def _acquired(sem: threading.Semaphore) -> bool:
+    return await asyncio.to_thread(sem.acquire, True, 5)
+
+
+async def _noticed_closed(pool: AsyncWirePool) -> None:
+    """Wait (bounded) until the event loop has taken in the server's close of the kept
+    connection, so the next call meets a connection known to be closed."""
+    deadline = asyncio.get_running_loop().time() + 5
+    while any(conn.usable() for conn in pool._idle):
+        assert asyncio.get_running_loop().time() < deadline, "close never noticed"
+        await asyncio.sleep(0.001)
+
+
+async def test_async_calls_share_one_kept_alive_connection(plain: _Server) -> None:
+    pool = AsyncWirePool(_url(plain))
+    for i in range(5):
+        reply = await _asend(pool, b"m%d" % i)
+        assert reply.status_code == 201
+        assert reply.content == b"got m%d at /base/v1/x?k=v+w" % i
+        assert reply.headers["x-twice"] == "a, b"
+    await pool.aclose()
+    assert plain.connections == 1
+
+
+async def test_async_connection_closed_while_idle_is_not_used_again(plain: _Server) -> None:
+    plain.close_after_answer = True
+    pool = AsyncWirePool(_url(plain))
+    for i in range(3):
+        assert (await _asend(pool, b"m%d" % i)).content.startswith(b"got m%d" % i)
+        assert await _acquired(plain.closed)
+        await _noticed_closed(pool)
+    await pool.aclose()
+    assert plain.connections == 3
+
+
+async def test_async_closed_with_no_answer_is_retried_only_when_safe(plain: _Server) -> None:
+    pool = AsyncWirePool(_url(plain))
+    assert (await _asend(pool, b"a")).status_code == 201
+    plain.drops = 1
+    assert (await _asend(pool, b"", method="GET")).content.startswith(b"got  at")
+    plain.drops = 1
+    assert (await _asend(pool, b"k", headers={"Idempotency-Key": "k1"})).status_code == 201
+    plain.drops = 1
+    with pytest.raises(ConnectionResetError):
+        await _asend(pool, b"plain")
+    assert (await _asend(pool, b"after")).status_code == 201
+    await pool.aclose()
+    assert plain.connections == 4
+
+
+async def test_async_answer_cut_short_raises(plain: _Server) -> None:
+    pool = AsyncWirePool(_url(plain))
+    plain.cut_answer = True
+    with pytest.raises((OSError, h11.RemoteProtocolError)):
+        await _asend(pool, b"first")
+    plain.cut_answer = False
+    assert (await _asend(pool, b"second")).content.startswith(b"got second")
+    await pool.aclose()
+
+
+async def test_async_tls_connection_is_kept(tmp_path: Path) -> None:
+    files = ensure_dev_certs(tmp_path / "tls")
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    server_ctx.load_cert_chain(files.cert, files.key)
+    client_ctx = ssl.create_default_context(cafile=str(files.ca))
+    for server in _serve(_Server(server_ctx)):
+        pool = AsyncWirePool(_url(server, "https"), ssl_context=client_ctx)
+        for i in range(4):
+            assert (await _asend(pool, b"t%d" % i)).content.startswith(b"got t%d" % i)
+        await pool.aclose()
+        assert server.connections == 1
+
+
+async def test_async_bad_header_is_a_local_error(plain: _Server) -> None:
+    pool = AsyncWirePool(_url(plain))
+    with pytest.raises(wire.LocalRequestError):
+        await pool.request("POST", "/v1/x", headers={"x-bad": "a\r\nb"}, content=b"", timeout=5)
+    await pool.aclose()

@@ -13,10 +13,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+import h11
 import httpx
 
 from ron.proto.address import Address
 from ron.sdk import mailbox as mb
+from ron.sdk import wire
+from ron.sdk.awire import AsyncWirePool
 from ron.sdk.core import (
     DEFAULT_NODE_URL,
     SUBSCRIBE_READ_TIMEOUT_S,
@@ -26,6 +29,7 @@ from ron.sdk.core import (
     Download,
     ObjectStat,
     PutBody,
+    Reply,
     check_corr_id,
     config_from_env,
 )
@@ -36,6 +40,8 @@ from ron.sdk.retry import Fail, RetryEvent, RetryPolicy, Step
 __all__ = ["AsyncClient", "AsyncObjectReader", "AsyncSubscription"]
 
 T = TypeVar("T")
+# What a failed send raises on either kind of connection (no complete answer).
+_SEND_FAILED = (httpx.TransportError, OSError, h11.RemoteProtocolError, wire.LocalRequestError)
 AsyncPutData = (
     bytes | bytearray | memoryview | os.PathLike[str] | Iterable[bytes] | AsyncIterable[bytes]
 )
@@ -76,6 +82,11 @@ class AsyncClient:
             transport=transport,
             follow_redirects=False,
         )
+        # Small calls on plain connections, as Client does (docs/SDK.md).
+        self._wire: AsyncWirePool | None = None
+        if transport is None and wire.usable(config.base_url):
+            context = httpx.create_ssl_context() if config.base_url.startswith("https://") else None
+            self._wire = AsyncWirePool(config.base_url, ssl_context=context)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **kwargs: Any) -> AsyncClient:
@@ -86,6 +97,8 @@ class AsyncClient:
         return cls(config=config, **rest)
 
     async def aclose(self) -> None:
+        if self._wire is not None:
+            await self._wire.aclose()
         await self._http.aclose()
 
     async def __aenter__(self) -> AsyncClient:
@@ -106,16 +119,35 @@ class AsyncClient:
         while True:
             attempts.begin()
             cause: BaseException | None = None
+            headers = self._core.headers(call.corr_id, call.headers)
+            timeout = self._core.timeout(call)
+            held = call.body.held_bytes() if call.body is not None else call.content
+            plain = (call.body is None or held is not None) and (
+                held is None or len(held) <= wire.MAX_BODY
+            )
             try:
-                reply = await self._http.request(
-                    call.method,
-                    call.path,
-                    params=call.params or None,
-                    headers=self._core.headers(call.corr_id, call.headers),
-                    content=call.body.async_content() if call.body is not None else call.content,
-                    timeout=self._core.timeout(call),
-                )
-            except httpx.TransportError as exc:
+                reply: Reply
+                if self._wire is not None and plain:
+                    reply = await self._wire.request(
+                        call.method,
+                        call.path,
+                        params=call.params,
+                        headers=headers,
+                        content=held,
+                        timeout=timeout,
+                    )
+                else:
+                    reply = await self._http.request(
+                        call.method,
+                        call.path,
+                        params=call.params or None,
+                        headers=headers,
+                        content=(
+                            call.body.async_content() if call.body is not None else call.content
+                        ),
+                        timeout=timeout,
+                    )
+            except _SEND_FAILED as exc:
                 cause = exc
                 step: Step = attempts.on_transport_error(exc)
             else:

@@ -276,6 +276,10 @@ class PutBody:
         assert isinstance(self._stream, Iterable)
         return _hashed(iter(self._stream), hasher)
 
+    def held_bytes(self) -> bytes | None:
+        """The body when it is bytes held in memory; None for a file or a stream."""
+        return self._bytes
+
     def async_content(self) -> bytes | AsyncIterator[bytes]:
         if self._bytes is not None:
             return self._bytes

@@ -2,15 +2,15 @@
 
 Why not httpx for these: a mailbox or metadata call is small and frequent, and httpx's
 request machinery (URL merging, request and response models, cookie extraction, h11's
-event state machine) costs the client about as much time per call as the node takes
-to answer it. :class:`WirePool` sends such calls (a body of at most :data:`MAX_BODY` bytes or
-none, an answer read whole) on ``http.client`` connections, which write a request's
+event state machine) costs the client about as much time per call as the node takes to
+answer it. :class:`WirePool` sends such calls (a body of at most :data:`MAX_BODY` bytes
+or none, an answer read whole) on ``http.client`` connections, which write a request's
 head and body in one ``send``.
 
-The client keeps httpx for everything that streams (downloads, file and iterator
-uploads, subscriptions) and for every call when it was given a custom httpx transport or
-the environment names a proxy for the node (:func:`usable`), so those keep httpx's
-behaviour exactly.
+:mod:`ron.sdk.awire` is the same for ``AsyncClient``. The clients keep httpx for
+everything that streams (downloads, file and iterator uploads, subscriptions) and for
+every call when they were given a custom httpx transport or the environment names a
+proxy for the node (:func:`usable`), so those keep httpx's behaviour exactly.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 
-__all__ = ["LocalRequestError", "WirePool", "WireReply", "usable"]
+__all__ = ["Endpoint", "LocalRequestError", "WirePool", "WireReply", "again", "usable"]
 
 # Idle connections kept per pool; a client used from more threads opens more and keeps
 # this many for reuse.
@@ -69,16 +69,29 @@ def usable(base_url: str) -> bool:
     return bool(urllib.request.proxy_bypass(parts.netloc))
 
 
+class Endpoint:
+    """Where a node's URL points: scheme, host, port, and the path its calls go under."""
+
+    def __init__(self, base_url: str) -> None:
+        parts = urllib.parse.urlsplit(base_url)
+        self.https = parts.scheme == "https"
+        self.host = parts.hostname or ""
+        self.port = parts.port or (443 if self.https else 80)
+        self.authority = parts.netloc.rpartition("@")[2]  # the Host header
+        self._prefix = parts.path.rstrip("/")
+
+    def target(self, path: str, params: Mapping[str, str] | None) -> str:
+        """The request target of ``path`` (under the URL's own path) with ``params``."""
+        target = self._prefix + path
+        return target + "?" + urllib.parse.urlencode(params) if params else target
+
+
 class WirePool:
     """Kept-alive connections to one node; safe to share between threads (each call
     takes a connection of its own for its duration)."""
 
     def __init__(self, base_url: str, *, ssl_context: ssl.SSLContext | None = None) -> None:
-        parts = urllib.parse.urlsplit(base_url)
-        self._https = parts.scheme == "https"
-        self._host = parts.hostname or ""
-        self._port = parts.port or (443 if self._https else 80)
-        self._prefix = parts.path.rstrip("/")
+        self._at = Endpoint(base_url)
         self._context = ssl_context
         self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
@@ -100,9 +113,7 @@ class WirePool:
         came (the connection is then dropped), :class:`LocalRequestError` when the
         request could not be written at all.
         """
-        target = self._prefix + path
-        if params:
-            target += "?" + urllib.parse.urlencode(params)
+        target = self._at.target(path, params)
         fields = dict(headers)
         conn, reused = self._take(timeout)
         while True:
@@ -118,7 +129,7 @@ class WirePool:
                 break
             except BaseException as exc:
                 conn.close()
-                if not (reused and _again(exc, sent, method, fields)):
+                if not (reused and again(exc, sent, method, fields)):
                     raise
             conn, reused = self._open(timeout), False
         names: dict[str, str] = {}
@@ -155,11 +166,12 @@ class WirePool:
             return conn, True
 
     def _open(self, timeout: float) -> http.client.HTTPConnection:
-        if self._https:
+        at = self._at
+        if at.https:
             return http.client.HTTPSConnection(
-                self._host, self._port, timeout=timeout, context=self._context
+                at.host, at.port, timeout=timeout, context=self._context
             )
-        return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+        return http.client.HTTPConnection(at.host, at.port, timeout=timeout)
 
     def _give(self, conn: http.client.HTTPConnection) -> None:
         with self._lock:
@@ -169,7 +181,7 @@ class WirePool:
         conn.close()
 
 
-def _again(exc: BaseException, sent: bool, method: str, headers: Mapping[str, str]) -> bool:
+def again(exc: BaseException, sent: bool, method: str, headers: Mapping[str, str]) -> bool:
     """Whether a call that failed on a kept connection goes once more on a new one.
 
     Yes when the request never got through whole (the node closed the connection just
