@@ -23,7 +23,7 @@ from ron.sdk import (
     TransportError,
     Unavailable,
 )
-from ron.sdk.core import ClientCore, Download, PutBody, check_corr_id
+from ron.sdk.core import Call, ClientCore, Download, PutBody, check_corr_id
 from ron.sdk.errors import error_from_response, parse_retry_after
 from ron.sdk.mailbox import SseParser, receipts_of
 from ron.sdk.retry import Attempts, Fail, Retry
@@ -253,6 +253,23 @@ def test_a_batch_keys_every_message_once_and_a_retry_reuses_the_keys() -> None:
     # One stem per batch (adjacent in the node's index), at most 128 characters.
     stems = {k.rsplit("-", 1)[0] for k in keys}
     assert len(stems) == 1 and all(len(k) <= 128 for k in keys)
+
+
+def test_only_bodies_held_in_memory_and_small_enough_go_on_plain_connections(
+    tmp_path: Path,
+) -> None:
+    def call(content: bytes | None = None, body: PutBody | None = None) -> Call[None]:
+        return Call("POST", "/x", lambda r: None, "c", content=content, body=body)
+
+    assert call().plain_body(4) == (True, None)
+    assert call(b"abcd").plain_body(4) == (True, b"abcd")
+    assert call(b"abcde").plain_body(4) == (False, b"abcde")
+    assert call(body=PutBody(b"abc", asynchronous=False)).plain_body(4) == (True, b"abc")
+    path = tmp_path / "f"
+    path.write_bytes(b"ab")
+    assert call(body=PutBody(path, asynchronous=False)).plain_body(4) == (False, None)
+    stream = PutBody(iter([b"a"]), asynchronous=False)
+    assert call(body=stream).plain_body(4) == (False, None)
 
 
 def test_receipts_are_taken_from_strings_or_messages() -> None:

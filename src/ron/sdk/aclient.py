@@ -83,10 +83,11 @@ class AsyncClient:
             follow_redirects=False,
         )
         # Small calls on plain connections, as Client does (docs/SDK.md).
-        self._wire: AsyncWirePool | None = None
-        if transport is None and wire.usable(config.base_url):
-            context = httpx.create_ssl_context() if config.base_url.startswith("https://") else None
-            self._wire = AsyncWirePool(config.base_url, ssl_context=context)
+        self._wire = (
+            AsyncWirePool(config.base_url)
+            if transport is None and wire.usable(config.base_url)
+            else None
+        )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **kwargs: Any) -> AsyncClient:
@@ -121,10 +122,7 @@ class AsyncClient:
             cause: BaseException | None = None
             headers = self._core.headers(call.corr_id, call.headers)
             timeout = self._core.timeout(call)
-            held = call.body.held_bytes() if call.body is not None else call.content
-            plain = (call.body is None or held is not None) and (
-                held is None or len(held) <= wire.MAX_BODY
-            )
+            plain, held = call.plain_body(wire.MAX_BODY)
             try:
                 reply: Reply
                 if self._wire is not None and plain:

@@ -15,9 +15,9 @@ from collections.abc import Mapping
 
 import h11
 
-from ron.sdk.wire import MAX_BODY, MAX_IDLE, Endpoint, LocalRequestError, WireReply, again
+from ron.sdk.wire import MAX_IDLE, Endpoint, LocalRequestError, WireReply, again
 
-__all__ = ["MAX_BODY", "AsyncWirePool"]
+__all__ = ["AsyncWirePool"]
 
 READ_SIZE = 64 * 1024
 
@@ -64,7 +64,7 @@ class AsyncWirePool:
 
     def __init__(self, base_url: str, *, ssl_context: ssl.SSLContext | None = None) -> None:
         self._at = Endpoint(base_url)
-        self._context = ssl_context
+        self._context = self._at.tls(ssl_context)
         self._idle: list[_Conn] = []
         self._closed = False
 

@@ -92,10 +92,11 @@ class Client:
             transport=transport,
             follow_redirects=False,
         )
-        self._wire: wire.WirePool | None = None
-        if transport is None and wire.usable(config.base_url):
-            context = httpx.create_ssl_context() if config.base_url.startswith("https://") else None
-            self._wire = wire.WirePool(config.base_url, ssl_context=context)
+        self._wire = (
+            wire.WirePool(config.base_url)
+            if transport is None and wire.usable(config.base_url)
+            else None
+        )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **kwargs: Any) -> Client:
@@ -128,21 +129,18 @@ class Client:
         while True:
             attempts.begin()
             cause: BaseException | None = None
-            content = call.body.sync_content() if call.body is not None else call.content
             headers = self._core.headers(call.corr_id, call.headers)
             timeout = self._core.timeout(call)
+            plain, held = call.plain_body(wire.MAX_BODY)
             try:
                 reply: Reply
-                if self._wire is not None and (
-                    content is None
-                    or (isinstance(content, bytes) and len(content) <= wire.MAX_BODY)
-                ):
+                if self._wire is not None and plain:
                     reply = self._wire.request(
                         call.method,
                         call.path,
                         params=call.params,
                         headers=headers,
-                        content=content,
+                        content=held,
                         timeout=timeout,
                     )
                 else:
@@ -151,7 +149,7 @@ class Client:
                         call.path,
                         params=call.params or None,
                         headers=headers,
-                        content=content,
+                        content=call.body.sync_content() if call.body is not None else call.content,
                         timeout=timeout,
                     )
             except _SEND_FAILED as exc:

@@ -196,6 +196,17 @@ class Call(Generic[T]):
     answers: frozenset[int] = frozenset()  # non-2xx statuses that ``parse`` handles
     extra_timeout_s: float = 0.0
 
+    def plain_body(self, limit: int) -> tuple[bool, bytes | None]:
+        """Whether the call may go on a plain connection (``ron.sdk.wire``: no body, or
+        one held in memory of at most ``limit`` bytes), and that body."""
+        if self.body is None:
+            held = self.content
+        else:
+            held = self.body.held_bytes()
+            if held is None:
+                return False, None  # a file or a stream: httpx streams it
+        return held is None or len(held) <= limit, held
+
     def error_of(self, reply: Reply) -> RonClientError | None:
         """The typed error for an error reply, or None when it is an answer."""
         status = reply.status_code

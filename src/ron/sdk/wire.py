@@ -24,6 +24,8 @@ import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 
+import httpx
+
 __all__ = ["Endpoint", "LocalRequestError", "WirePool", "WireReply", "again", "usable"]
 
 # Idle connections kept per pool; a client used from more threads opens more and keeps
@@ -80,6 +82,14 @@ class Endpoint:
         self.authority = parts.netloc.rpartition("@")[2]  # the Host header
         self._prefix = parts.path.rstrip("/")
 
+    def tls(self, given: ssl.SSLContext | None) -> ssl.SSLContext | None:
+        """The TLS context for this node: ``given``, else httpx's defaults (the same
+        trust store and ``SSL_CERT_FILE``/``SSL_CERT_DIR`` as the client's httpx calls);
+        None for plain http."""
+        if given is not None or not self.https:
+            return given
+        return httpx.create_ssl_context()
+
     def target(self, path: str, params: Mapping[str, str] | None) -> str:
         """The request target of ``path`` (under the URL's own path) with ``params``."""
         target = self._prefix + path
@@ -92,7 +102,7 @@ class WirePool:
 
     def __init__(self, base_url: str, *, ssl_context: ssl.SSLContext | None = None) -> None:
         self._at = Endpoint(base_url)
-        self._context = ssl_context
+        self._context = self._at.tls(ssl_context)
         self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
         self._closed = False

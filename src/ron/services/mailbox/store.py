@@ -196,15 +196,14 @@ class MailboxStore:
         rows: list[tuple[int, str, str, int]] = []
         bodies: list[tuple[int, str, bytes]] = []
         keys: list[tuple[str, str, str, int]] = []
-        fresh: dict[str, str] = {}  # keys first seen in this batch
         ids = iter(self._ids.take(len(entries)))
         seq = self._last_seq
         with self._tx() as db:
-            seen = self._seen_keys(db, topic, entries, now)
+            seen = self._seen_keys(db, topic, entries, now)  # key -> msg_id, kept or new
             for entry in entries:
                 key = entry.idempotency_key
                 if key is not None:
-                    known = fresh.get(key) or seen.get(key)
+                    known = seen.get(key)
                     if known is not None:
                         out.append(SendResult(known, duplicate=True))
                         continue
@@ -213,7 +212,7 @@ class MailboxStore:
                 rows.append((seq, msg_id, topic, now))
                 bodies.append((seq, _dump_headers(entry.headers), entry.payload))
                 if key is not None:
-                    fresh[key] = msg_id
+                    seen[key] = msg_id  # a repeat later in this batch is its duplicate
                     keys.append((topic, key, msg_id, now + dedup_window_ms))
                 out.append(SendResult(msg_id))
             db.executemany(
