@@ -1,14 +1,15 @@
 """The gateway under pressure: the cost of quotas + metrics, and fairness between tenants.
 
 - 1 KiB GET requests/s with per-tenant quotas and per-request metrics on, against the
-  same node with both off (target >= 0.9x). Both nodes run side by side (only one is
-  loaded at a time) and are measured in alternation, eight rounds each, each round in
-  the reverse order of the one before, with wrk; as in
-  the gateway benchmark the best round of each counts (interference only slows a round
-  down; rounds on a 2-core machine swing by 15% or more, and with five rounds the
-  ratio of two bests moved from 0.71 to 0.97 between runs of the same code), and the
-  CPU time per request of each node's process tree is reported beside it (it moves much
-  less than req/s when other work shares the cores).
+  same node with both off (target >= 0.9x). One node serves both: its config file is
+  rewritten and reloaded (``POST /v1/config/reload`` on the admin port, which returns
+  once every service took the new snapshot) before each round, so both figures come
+  from the same processes, memory layout and hash seeds. Two nodes side by side gave
+  per-request CPU that differed by up to 25% between processes of the same config.
+  Eight rounds of each, each round in the reverse order of the one before, with wrk;
+  as in the gateway benchmark the best round of each counts (interference only slows a
+  round down), and the CPU time per request of the node's process tree is reported
+  beside it (it moves much less than req/s when other work shares the cores).
 - Fairness: a well-behaved tenant paced within its quota, alone and then while a noisy
   tenant sends 10x its own quota; report the calm tenant's success rate (target >= 99%)
   and its p99 latency relative to alone (target within 2x).
@@ -16,7 +17,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import os
 import statistics
@@ -26,15 +26,11 @@ from pathlib import Path
 
 import httpx
 from report import Report
-from tools import Node, Server, cpu_seconds, process_tree, ron_node, wrk
+from tools import Node, cpu_seconds, process_tree, ron_node, wrk
 
 CALM_KEY = "calm-tenant-key-0123456789"
 NOISY_KEY = "noisy-tenant-key-0123456789"
 ROUNDS = 8
-TENANTS = {
-    "RON_GATEWAY__QUOTA__RPS": "1000000",
-    "RON_GATEWAY__QUOTA__BURST": "1000000",
-}
 FAIR_CONFIG = f"""
 [gateway.tenants.calm]
 api_keys = ["{CALM_KEY}"]
@@ -54,31 +50,48 @@ def _put(node: Node, body: bytes) -> str:
     return str(r.json()["address"])
 
 
-def _get_rates(envs: dict[str, dict[str, str]], seconds: float) -> dict[str, tuple[float, float]]:
-    """name -> (best req/s, least CPU seconds per request) over ROUNDS alternating rounds."""
-    with contextlib.ExitStack() as stack:
-        targets: dict[str, Server] = {}
-        for name, env in envs.items():
-            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-            node = stack.enter_context(ron_node(tmp, env=env))
-            targets[name] = Server(f"{node.http}/o/{_put(node, os.urandom(1024))}", node.pid)
-        best: dict[str, tuple[float, float]] = {}
-        order = list(targets.items())
-        for _ in range(ROUNDS):
-            # Each round reverses the order, so neither side is always measured first
-            # (right after its own warm-up) or always right after the other's load.
-            order.reverse()
-            for name, target in order:
-                pids = process_tree(target.pid)
-                wrk(target.url, seconds=1, connections=4)  # warm-up
-                before = cpu_seconds(pids)
-                result = wrk(target.url, seconds=seconds, connections=4)
-                if result.bad_responses:
-                    raise RuntimeError(f"{name}: {result.bad_responses} failed responses")
-                per_request = (cpu_seconds(pids) - before) / max(1, result.requests)
-                rate, cpu = best.get(name, (0.0, per_request))
-                best[name] = (max(rate, result.requests_per_s), min(cpu, per_request))
-        return best
+def _mode_config(on: bool) -> str:
+    """The node's config file for quotas+metrics on or off (everything else default)."""
+    flag = "true" if on else "false"
+    return (
+        f"[gateway]\nrequest_metrics = {flag}\n\n"
+        f"[gateway.quota]\nenabled = {flag}\nrps = 1000000.0\nburst = 1000000.0\n"
+    )
+
+
+def _switch(node: Node, cfg: Path, on: bool) -> None:
+    """Rewrite the config and reload it; the reply comes once every service applied it."""
+    cfg.write_text(_mode_config(on))
+    r = httpx.post(f"{node.urls['admin']}/v1/config/reload", headers=node.auth, timeout=30)
+    r.raise_for_status()
+
+
+def _get_rates(seconds: float) -> dict[str, tuple[float, float]]:
+    """ "on"/"off" -> (best req/s, least CPU seconds per request) over ROUNDS rounds of
+    each, on one node whose config is switched between rounds."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = Path(tmp) / "ron.toml"
+        cfg.write_text(_mode_config(True))
+        with ron_node(Path(tmp), env={"RON_CONFIG": str(cfg)}) as node:
+            url = f"{node.http}/o/{_put(node, os.urandom(1024))}"
+            pids = process_tree(node.pid)
+            best: dict[str, tuple[float, float]] = {}
+            order = ["on", "off"]
+            for _ in range(ROUNDS):
+                # Each round reverses the order, so neither side is always measured first
+                # (right after its own warm-up) or always right after the other's load.
+                order.reverse()
+                for name in order:
+                    _switch(node, cfg, name == "on")
+                    wrk(url, seconds=1, connections=4)  # warm-up
+                    before = cpu_seconds(pids)
+                    result = wrk(url, seconds=seconds, connections=4)
+                    if result.bad_responses:
+                        raise RuntimeError(f"{name}: {result.bad_responses} failed responses")
+                    per_request = (cpu_seconds(pids) - before) / max(1, result.requests)
+                    rate, cpu = best.get(name, (0.0, per_request))
+                    best[name] = (max(rate, result.requests_per_s), min(cpu, per_request))
+            return best
 
 
 def _paced(url: str, key: str, rate: float, seconds: float) -> tuple[int, int, list[float]]:
@@ -113,13 +126,7 @@ def _p99(values: list[float]) -> float:
 
 def run(report: Report) -> None:
     seconds = float(os.environ.get("BENCH_SECONDS", "5"))
-    on = {**TENANTS}
-    off = {
-        **TENANTS,
-        "RON_GATEWAY__QUOTA__ENABLED": "false",
-        "RON_GATEWAY__REQUEST_METRICS": "false",
-    }
-    best = _get_rates({"on": on, "off": off}, seconds)
+    best = _get_rates(seconds)
     (on_rate, on_cpu), (off_rate, off_cpu) = best["on"], best["off"]
     report.figure("pressure.get_1k_quotas_metrics_on_rps", on_rate, "req/s")
     report.figure("pressure.get_1k_quotas_metrics_off_rps", off_rate, "req/s")

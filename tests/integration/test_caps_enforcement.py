@@ -197,6 +197,30 @@ def test_topic_caveat_on_mailbox_routes(node: RunningNode) -> None:
     assert done.json() == {"acked": 1, "gone": 0}
 
 
+def test_a_receive_that_acks_is_checked_as_an_ack_too(node: RunningNode) -> None:
+    url = f"{node.http}/v1/mailbox"
+    httpx.post(f"{url}/jobs/messages", content=b"one", headers=node.auth, timeout=10)
+    httpx.post(f"{url}/other/messages", content=b"not yours", headers=node.auth, timeout=10)
+    mine = httpx.post(f"{url}/jobs/receive", json={}, headers=node.auth, timeout=10).json()
+    theirs = httpx.post(f"{url}/other/receive", json={}, headers=node.auth, timeout=10).json()
+    # A token confined to the jobs routes may receive there, but not ack (the ack route
+    # is outside its path), so it cannot ack by way of a receive either.
+    receiver = mint(node, path="/v1/mailbox/jobs/")
+    ack = {"ack": [mine["messages"][0]["receipt"]]}
+    plain = httpx.post(f"{url}/jobs/receive", json={}, headers=bearer(receiver), timeout=10)
+    assert plain.status_code == 200 and plain.json() == {"messages": []}
+    refused(httpx.post(f"{url}/jobs/receive", json=ack, headers=bearer(receiver), timeout=10), 403)
+    # A token for the jobs topic cannot ack another topic's message through a receive.
+    jobs = mint(node, topic="jobs")
+    other = {"ack": [theirs["messages"][0]["receipt"]]}
+    refused(httpx.post(f"{url}/jobs/receive", json=other, headers=bearer(jobs), timeout=10), 403)
+    # Both messages are still leased, not acked; the topic token acks its own.
+    done = httpx.post(f"{url}/jobs/receive", json=ack, headers=bearer(jobs), timeout=10).json()
+    assert (done["acked"], done["gone"]) == (1, 0)
+    left = httpx.post(f"{url}/ack", json={"receipts": other["ack"]}, headers=node.auth, timeout=10)
+    assert left.json() == {"acked": 1, "gone": 0}
+
+
 def test_mailbox_needs_a_token(node: RunningNode) -> None:
     refused(httpx.post(f"{node.http}/v1/mailbox/t/receive", json={}, timeout=10), 401)
 

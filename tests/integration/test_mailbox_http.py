@@ -158,6 +158,43 @@ def test_stale_receipt_is_409_and_removes_nothing(http: httpx.Client) -> None:
     assert ack(http, new["receipt"]).json() == {"acked": 1, "gone": 0}
 
 
+def test_receive_can_ack_the_previous_batch_in_the_same_call(http: httpx.Client) -> None:
+    for body in (b"1", b"2", b"3"):
+        send(http, "loop", body)
+    first = receive(http, "loop", max=2)
+    reply = http.post(
+        "/v1/mailbox/loop/receive", json={"max": 2, "ack": [m["receipt"] for m in first]}
+    )
+    assert reply.status_code == 200, reply.text
+    data = reply.json()
+    assert (data["acked"], data["gone"]) == (2, 0)
+    assert [payload(m) for m in data["messages"]] == [b"3"]
+    s = stats(http, "loop")
+    assert (s["depth"], s["in_flight"]) == (0, 1)
+    # A repeated ack is harmless: those receipts are simply gone.
+    receipts = [m["receipt"] for m in first + data["messages"]]
+    data = http.post("/v1/mailbox/loop/receive", json={"ack": receipts}).json()
+    assert (data["messages"], data["acked"], data["gone"]) == ([], 1, 2)
+    assert stats(http, "loop")["in_flight"] == 0
+
+
+def test_receive_with_a_stale_ack_is_409_and_leases_nothing(http: httpx.Client) -> None:
+    send(http, "stale-loop", b"x")
+    (old,) = receive(http, "stale-loop", visibility_s=0.3)
+    (new,) = receive(http, "stale-loop", wait_s=20)  # leased again after expiry
+    send(http, "stale-loop", b"y")
+    reply = http.post("/v1/mailbox/stale-loop/receive", json={"ack": [old["receipt"]]})
+    assert reply.status_code == 409
+    assert reply.json()["stale"] == [0]
+    s = stats(http, "stale-loop")
+    assert (s["depth"], s["in_flight"]) == (1, 1)  # y still waits, x still leased
+    reply = http.post("/v1/mailbox/stale-loop/receive", json={"ack": [new["receipt"]]})
+    data = reply.json()
+    assert data["acked"] == 1
+    assert [payload(m) for m in data["messages"]] == [b"y"]
+    assert ack(http, data["messages"][0]["receipt"]).json() == {"acked": 1, "gone": 0}
+
+
 def test_nack_releases_now_or_after_a_delay(http: httpx.Client) -> None:
     send(http, "nack", b"x")
     (m,) = receive(http, "nack")
@@ -328,6 +365,9 @@ def test_sse_rejects_bad_parameters_before_streaming(http: httpx.Client) -> None
         ("/v1/mailbox/v/receive", b'{"wait_s": 21}'),
         ("/v1/mailbox/v/receive", b'{"visibility_s": NaN}'),
         ("/v1/mailbox/v/receive", b'{"surprise": 1}'),
+        ("/v1/mailbox/v/receive", b'{"ack": []}'),
+        ("/v1/mailbox/v/receive", b'{"ack": "nope"}'),
+        ("/v1/mailbox/v/receive", b'{"ack": ["nope"]}'),
         ("/v1/mailbox/ack", b'{"receipts": []}'),
         ("/v1/mailbox/ack", b'{"receipts": ["nope"]}'),
         ("/v1/mailbox/ack", b'{"receipts": "nope"}'),

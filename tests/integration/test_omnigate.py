@@ -14,6 +14,7 @@ import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import blake3
 import httpx
@@ -220,6 +221,29 @@ async def test_mailbox_round_trip_over_oap(node: RunningNode) -> None:
         with pytest.raises(RonError) as unknown_op:
             await call({"op": "teleport"})
         assert unknown_op.value.status == 400
+
+
+async def test_a_recv_over_oap_can_ack_the_batch_before_it(node: RunningNode) -> None:
+    async with await OapClient.connect(
+        node.urls["oap"], ca_file=ca_file(node.data_dir), cap=node.token
+    ) as c:
+
+        async def call(body: dict[str, object]) -> dict[str, Any]:
+            data: dict[str, Any] = json.loads(await c.request(AppId.MAILBOX, body))
+            return data
+
+        for text in ("a", "b", "c"):
+            await call({"op": "send", "topic": "oap-loop", "text": text})
+        first = (await call({"op": "recv", "topic": "oap-loop", "max": 2}))["messages"]
+        acked = [m["receipt"] for m in first]
+        got = await call({"op": "recv", "topic": "oap-loop", "max": 2, "ack": acked})
+        assert (got["acked"], got["gone"]) == (2, 0)
+        assert [base64.b64decode(m["payload_b64"]) for m in got["messages"]] == [b"c"]
+        last = [m["receipt"] for m in got["messages"]]
+        done = await call({"op": "recv", "topic": "oap-loop", "ack": last})
+        assert (done["messages"], done["acked"]) == ([], 1)
+        stats = await call({"op": "stats", "topic": "oap-loop"})
+        assert stats["depth"] == 0 and stats["in_flight"] == 0
 
 
 async def test_mailbox_subscribe_pushes_events_until_the_client_ends_it(

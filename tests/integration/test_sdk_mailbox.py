@@ -82,6 +82,22 @@ def test_send_receive_ack_round_trip(client: Any, flavor: str) -> None:
     assert client.stats(topic).in_flight == 0
 
 
+def test_a_receive_acks_the_batch_before_it(client: Any, flavor: str) -> None:
+    topic = f"loop-{flavor}"
+    client.send_batch(topic, [b"1", b"2", b"3", b"4", b"5"])
+    seen: list[bytes] = []
+    got: list[Any] = []
+    while True:
+        got = client.receive(topic, max=2, ack=got)
+        if not got:
+            break
+        seen += [m.payload for m in got]
+        assert client.stats(topic).in_flight == len(got)  # only this batch is held
+    assert seen == [b"1", b"2", b"3", b"4", b"5"]
+    stats = client.stats(topic)
+    assert (stats.depth, stats.in_flight) == (0, 0)
+
+
 def test_nack_redelivers_and_delete_removes(client: Any, flavor: str) -> None:
     topic = f"nack-{flavor}"
     first = client.send(topic, "text payloads are UTF-8")

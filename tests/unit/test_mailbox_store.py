@@ -144,6 +144,36 @@ def test_ack_batch_is_all_or_nothing(store: MailboxStore, clock: Clock) -> None:
     assert store.count() == 2  # b was not removed either
 
 
+def test_ack_and_receive_settles_then_leases_in_one_commit(store: MailboxStore) -> None:
+    send(store, "t", b"a", b"b", b"c")
+    first = recv(store, "t", 2)
+    settled, topics, got, _ = store.ack_and_receive(receipts(*first), "t", 2, VIS, MAXD)
+    assert (settled.done, settled.gone, topics) == (2, 0, {"t"})
+    assert [d.payload for d in got] == [b"c"]
+    assert store.count() == 1  # a and b are gone, c is leased
+    settled, _, got, _ = store.ack_and_receive(receipts(*first, *got), "t", 2, VIS, MAXD)
+    assert (settled.done, settled.gone, got) == (1, 2, [])
+    assert store.count() == 0
+
+
+def test_ack_and_receive_with_a_stale_receipt_leases_nothing(
+    store: MailboxStore, clock: Clock
+) -> None:
+    send(store, "t", b"x", b"y")
+    (old,) = recv(store, "t", 1, vis=1000)
+    clock.advance(1000)
+    store.release_due("t", MAXD)
+    (new,) = recv(store, "t", 1)  # x again, under a new lease
+    with pytest.raises(RonError) as err:
+        store.ack_and_receive(receipts(old), "t", 10, VIS, MAXD)
+    assert err.value.code is ErrorCode.CONFLICT
+    assert store.count() == 2
+    (y,) = recv(store, "t")  # y was not leased by the refused call
+    assert y.payload == b"y"
+    settled, _ = store.ack(receipts(new, y))
+    assert settled.done == 2
+
+
 def test_ack_after_expiry_still_works_while_nobody_else_holds_it(
     store: MailboxStore, clock: Clock
 ) -> None:

@@ -307,10 +307,11 @@ class AsyncClient:
         visibility_s: float | None = None,
         wait_s: float = 0.0,
         corr_id: str | None = None,
+        ack: str | mb.Message | Iterable[str | mb.Message] | None = None,
     ) -> list[mb.Message]:
         return await self._run(
             self._core.receive(
-                topic, max=max, visibility_s=visibility_s, wait_s=wait_s, corr_id=corr_id
+                topic, max=max, visibility_s=visibility_s, wait_s=wait_s, corr_id=corr_id, ack=ack
             )
         )
 

@@ -755,10 +755,15 @@ class ClientCore:
         visibility_s: float | None,
         wait_s: float,
         corr_id: str | None,
+        ack: str | mb.Message | Iterable[str | mb.Message] | None = None,
     ) -> Call[list[mb.Message]]:
         body: dict[str, Any] = {"max": max, "wait_s": wait_s}
         if visibility_s is not None:
             body["visibility_s"] = visibility_s
+        if ack is not None:
+            items = ack if isinstance(ack, str | mb.Message) else list(ack)
+            if items:  # nothing to ack (the loop's first receive) is a plain receive
+                body["ack"] = mb.receipts_of(items)
         call = self._json_call(
             "POST",
             topic_path(topic, "/receive"),

@@ -47,7 +47,7 @@ _HEADER_PREFIX = HEADER_PREFIX.encode()
 # A batch is JSON with base64 payloads: 4/3 of the largest budget, plus the JSON around it.
 MAX_BATCH_BODY = entry_budget(MAILBOX_HARD_MAX_PAYLOAD) * 4 // 3 + 64 * 1024
 
-_RECEIVE_KEYS = frozenset({"max", "visibility_s", "wait_s"})
+_RECEIVE_KEYS = frozenset({"max", "visibility_s", "wait_s", "ack"})
 _RECEIPTS = frozenset({"receipts"})
 _NACK_KEYS = frozenset({"receipts", "delay_s"})
 _EXTEND_KEYS = frozenset({"receipts", "visibility_s"})
@@ -120,6 +120,16 @@ class MailboxHotRoutes:
             return None
         return authorize(state.get("guard"), grant, scope["method"], scope["path"], topic)
 
+    @staticmethod
+    def _allow_as(scope: Scope, path: str) -> tuple[str, ...] | None:
+        """The settle routes' check (no topic: the mailbox checks each receipt's) for a
+        settle carried by another route's request."""
+        state = scope["state"]
+        grant: Grant | None = state.get("grant")
+        if grant is None:
+            return None
+        return authorize(state.get("guard"), grant, "POST", path, None)
+
     # ---- send ------------------------------------------------------------------------
 
     async def send(self, scope: Scope, receive: Receive, send: Send, corr: str, topic: str) -> None:
@@ -153,8 +163,15 @@ class MailboxHotRoutes:
         limit = json_int(body.get("max", 1), "max")
         visibility = json_number_or_none(body.get("visibility_s"), "visibility_s")
         wait = json_number_or_none(body.get("wait_s"), "wait_s") or 0.0
+        ack: list[str] = []
+        topics: tuple[str, ...] | None = None
+        if "ack" in body:
+            # The receipts are acknowledged as POST /v1/mailbox/ack would: that route's
+            # permission, the token's topic caveats checked against each message.
+            ack = receipts_from_json({"receipts": body["ack"]})
+            topics = self._allow_as(scope, "/v1/mailbox/ack")
         call = self._mailbox().receive_body(
-            topic, max_messages=limit, visibility_s=visibility, wait_s=wait
+            topic, max_messages=limit, visibility_s=visibility, wait_s=wait, ack=ack, topics=topics
         )
         await reply_json(
             send, 200, await until_disconnect(receive, call) if wait > 0 else await call

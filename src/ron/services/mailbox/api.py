@@ -47,6 +47,8 @@ class MailboxAPI(Protocol):
     # ``receive`` with the reply rendered by the mailbox as the JSON doors send it
     # (``jsonwire.deliveries_body``): the payloads are encoded once, in one process,
     # instead of crossing the IPC hop as objects to be rendered on the other side.
+    # ``ack``: receipts acknowledged first, in the same commit (as ``ack`` with
+    # ``topics``); the reply then also says how many were acked and gone.
     async def receive_body(
         self,
         topic: str,
@@ -54,6 +56,8 @@ class MailboxAPI(Protocol):
         max_messages: int = 1,
         visibility_s: float | None = None,
         wait_s: float = 0.0,
+        ack: Sequence[str] = (),
+        topics: Sequence[str] | None = None,
     ) -> bytes: ...
 
     async def receive(

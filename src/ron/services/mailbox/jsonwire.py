@@ -13,7 +13,14 @@ from typing import Any
 
 from ron.proto.envelope import ErrorCode, RonError
 from ron.proto.strictjson import ENCODER, parse_object
-from ron.services.mailbox.model import MAX_BATCH, DeadLetter, Delivery, Outgoing, SendResult
+from ron.services.mailbox.model import (
+    MAX_BATCH,
+    DeadLetter,
+    Delivery,
+    Outgoing,
+    SendResult,
+    Settled,
+)
 
 __all__ = [
     "batch_from_body",
@@ -108,10 +115,14 @@ def _delivery_text(d: Delivery) -> str:
     )
 
 
-def deliveries_body(got: Sequence[Delivery]) -> bytes:
+def deliveries_body(got: Sequence[Delivery], acked: Settled | None = None) -> bytes:
     """The receive reply, ``{"messages": [delivery...]}``, byte for byte as
-    ``render_json({"messages": [delivery_json(d) ...]})`` would render it."""
-    return ('{"messages":[' + ",".join(_delivery_text(d) for d in got) + "]}").encode()
+    ``render_json({"messages": [delivery_json(d) ...]})`` would render it; a receive
+    that acknowledged receipts first adds ``"acked"`` and ``"gone"`` as an ack would."""
+    messages = '{"messages":[' + ",".join(_delivery_text(d) for d in got) + "]"
+    if acked is not None:
+        messages += f',"acked":{int(acked.done)},"gone":{int(acked.gone)}'
+    return (messages + "}").encode()
 
 
 def _b64decode(text: str) -> bytes:

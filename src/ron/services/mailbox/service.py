@@ -52,6 +52,7 @@ log = logging.getLogger("ron.mailbox")
 MAX_WAIT_S = 20.0
 MAX_REDRIVE = 10_000
 HOUSEKEEPING_S = 60.0
+_NOTHING_SETTLED = Settled(0, 0)
 
 
 def mailbox_path(config: Config) -> Path | None:
@@ -201,16 +202,31 @@ class MailboxService(Service):
         return max(1, int(vis * 1000))
 
     def _lease(self, topic: str, limit: int, visibility_ms: int) -> list[Delivery]:
+        return self._lease_acking(topic, limit, visibility_ms, ())[1]
+
+    def _lease_acking(
+        self, topic: str, limit: int, visibility_ms: int, ack: Sequence[Receipt]
+    ) -> tuple[Settled, list[Delivery]]:
+        """Lease up to ``limit``; receipts in ``ack`` are acknowledged first, in the same
+        transaction (a stale one raises the 409 and nothing is leased)."""
         # The timer holds the earliest due time of every topic with leases or delays, so
         # when it says nothing is due yet the receive can skip releasing.
         due = self._timer.scheduled(topic)
-        got, released = self._store.receive(
-            topic,
-            limit,
-            visibility_ms,
-            self._max_for(topic),
-            release=due is not None and due <= self._store.now_ms(),
-        )
+        release = due is not None and due <= self._store.now_ms()
+        settled = _NOTHING_SETTLED
+        if ack:
+            try:
+                settled, touched, got, released = self._store.ack_and_receive(
+                    ack, topic, limit, visibility_ms, self._max_for(topic), release=release
+                )
+            except RonError as exc:
+                self._count_stale(exc)
+                raise
+            self._acked_now(settled, touched)
+        else:
+            got, released = self._store.receive(
+                topic, limit, visibility_ms, self._max_for(topic), release=release
+            )
         self._account_released(topic, released)
         if got:
             self._delivered.inc(len(got))
@@ -218,7 +234,7 @@ class MailboxService(Service):
             if again:
                 self._redelivered.inc(again)
             self._timer.schedule(topic, self._store.now_ms() + visibility_ms)
-        return got
+        return settled, got
 
     @contextlib.contextmanager
     def _waiter(self) -> Iterator[None]:
@@ -242,26 +258,53 @@ class MailboxService(Service):
         wait_s: float = 0.0,
     ) -> list[Delivery]:
         """Lease up to ``max_messages``; with ``wait_s``, wait for the first one to arrive."""
+        return (await self._receive(topic, (), max_messages, visibility_s, wait_s))[1]
+
+    async def ack_and_receive(
+        self,
+        topic: str,
+        receipts: Sequence[str],
+        *,
+        topics: Sequence[str] | None = None,
+        max_messages: int = 1,
+        visibility_s: float | None = None,
+        wait_s: float = 0.0,
+    ) -> tuple[Settled, list[Delivery]]:
+        """Acknowledge ``receipts`` (as :meth:`ack`, all or nothing) and lease the next
+        messages in the same commit: a consumer's loop in one call instead of two. The
+        ack is committed before any long-poll wait starts."""
+        parsed = parse_receipts(list(receipts), limit=MAX_BATCH)
+        self._check_topics(parsed, topics)
+        return await self._receive(topic, parsed, max_messages, visibility_s, wait_s)
+
+    async def _receive(
+        self,
+        topic: str,
+        ack: Sequence[Receipt],
+        max_messages: int,
+        visibility_s: float | None,
+        wait_s: float,
+    ) -> tuple[Settled, list[Delivery]]:
         check_topic(topic)
         limit = check_count(max_messages, "max", 1, MAX_RECEIVE)
         vis = self._visibility_ms(visibility_s)
         wait = min(check_seconds(wait_s, "wait_s", 0, MAX_WAIT_S), self._cfg.max_wait_s)
-        got = self._lease(topic, limit, vis)
+        settled, got = self._lease_acking(topic, limit, vis, ack)
         if got or wait <= 0 or self._stopping:
-            return got
+            return settled, got
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         with self._waiter():
             while True:
                 remaining = deadline - loop.time()
                 if remaining <= 0 or self._stopping:
-                    return []
+                    return settled, []
                 await self._signals.wait([_ready(topic)], remaining)
                 if self._stopping:
-                    return []
+                    return settled, []
                 got = self._lease(topic, limit, vis)
                 if got:
-                    return got
+                    return settled, got
 
     async def receive_body(
         self,
@@ -270,11 +313,23 @@ class MailboxService(Service):
         max_messages: int = 1,
         visibility_s: float | None = None,
         wait_s: float = 0.0,
+        ack: Sequence[str] = (),
+        topics: Sequence[str] | None = None,
     ) -> bytes:
-        got = await self.receive(
-            topic, max_messages=max_messages, visibility_s=visibility_s, wait_s=wait_s
+        if not ack:
+            got = await self.receive(
+                topic, max_messages=max_messages, visibility_s=visibility_s, wait_s=wait_s
+            )
+            return deliveries_body(got)
+        settled, got = await self.ack_and_receive(
+            topic,
+            ack,
+            topics=topics,
+            max_messages=max_messages,
+            visibility_s=visibility_s,
+            wait_s=wait_s,
         )
-        return deliveries_body(got)
+        return deliveries_body(got, settled)
 
     async def poll_subscription(
         self,
@@ -335,10 +390,14 @@ class MailboxService(Service):
         except RonError as exc:
             self._count_stale(exc)
             raise
+        self._acked_now(settled, touched)
+        return settled
+
+    def _acked_now(self, settled: Settled, touched: set[str]) -> None:
+        """Count a committed ack and wake subscribers waiting for room on its topics."""
         self._acked.inc(settled.done)
         for topic in touched:
             self._signals.notify(_released(topic))
-        return settled
 
     async def nack(
         self,
@@ -458,7 +517,15 @@ class MailboxService(Service):
             return [r.to_wire() for r in await self.send_batch(args.get("topic"), batch)]  # type: ignore[arg-type]
 
         async def receive_body(args: dict[str, Any], ctx: CallContext) -> Any:
-            return await self.receive_body(args.get("topic"), **_receive_args(args))  # type: ignore[arg-type]
+            ack = args.get("ack") or ()
+            if not isinstance(ack, list | tuple):
+                raise RonError(ErrorCode.BAD_REQUEST, "ack must be a list of receipts")
+            return await self.receive_body(
+                args.get("topic"),  # type: ignore[arg-type]
+                **_receive_args(args),
+                ack=ack,
+                topics=args.get("topics"),
+            )
 
         async def receive(args: dict[str, Any], ctx: CallContext) -> Any:
             got = await self.receive(args.get("topic"), **_receive_args(args))  # type: ignore[arg-type]
@@ -613,8 +680,17 @@ class MailboxClient:
         max_messages: int = 1,
         visibility_s: float | None = None,
         wait_s: float = 0.0,
+        ack: Sequence[str] = (),
+        topics: Sequence[str] | None = None,
     ) -> bytes:
-        reply = await self._receive("receive_body", topic, max_messages, visibility_s, wait_s)
+        extra: dict[str, Any] = {}
+        if ack:
+            extra["ack"] = list(ack)
+            if topics is not None:
+                extra["topics"] = list(topics)
+        reply = await self._receive(
+            "receive_body", topic, max_messages, visibility_s, wait_s, **extra
+        )
         return _bytes(reply)
 
     async def receive(
@@ -629,10 +705,21 @@ class MailboxClient:
         return [Delivery.from_wire(d) for d in data]
 
     async def _receive(
-        self, op: str, topic: str, max_messages: int, visibility_s: float | None, wait_s: float
+        self,
+        op: str,
+        topic: str,
+        max_messages: int,
+        visibility_s: float | None,
+        wait_s: float,
+        **extra: Any,
     ) -> Any:
         """receive and receive_body: a call that may wait goes on the waiting pool."""
-        args: dict[str, Any] = {"topic": topic, "max": max_messages, "visibility_s": visibility_s}
+        args: dict[str, Any] = {
+            "topic": topic,
+            "max": max_messages,
+            "visibility_s": visibility_s,
+            **extra,
+        }
         if wait_s:
             args["wait_s"] = wait_s
             return await self._waiting.call(op, args, timeout=_wait_budget(wait_s))

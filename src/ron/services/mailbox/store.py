@@ -269,22 +269,52 @@ class MailboxStore:
             released = (
                 self._release_due(db, topic, now, max_deliveries) if release else Released(0, 0)
             )
-            rows = db.execute(
-                f"SELECT {_DELIVERY_COLUMNS} FROM messages m JOIN bodies b ON b.seq = m.seq"
-                " WHERE m.topic = ? AND m.state = 0 AND m.visible_ms = 0"
-                " ORDER BY m.seq LIMIT ?",
-                (topic, limit),
-            ).fetchall()
-            if not rows:
-                return [], released
-            until = now + visibility_ms
-            leases = list(zip(rows, new_tokens(len(rows)), strict=True))
-            db.executemany(
-                "UPDATE messages SET state = 1, visible_ms = ?, deliveries = deliveries + 1,"
-                " lease = lease + 1, token = ? WHERE seq = ?",
-                [(until, token, row[0]) for row, token in leases],
-            )
+            leases = self._lease_rows(db, topic, now, limit, visibility_ms)
         return [_delivery(topic, row, token) for row, token in leases], released
+
+    def ack_and_receive(
+        self,
+        receipts: Sequence[Receipt],
+        topic: str,
+        limit: int,
+        visibility_ms: int,
+        max_deliveries: int,
+        *,
+        release: bool = True,
+    ) -> tuple[Settled, set[str], list[Delivery], Released]:
+        """:meth:`ack` then :meth:`receive`, in one transaction: a consumer settles the
+        batch it finished and leases the next in one commit. A stale receipt fails the
+        whole call (409) before anything is leased, as a separate ack would."""
+        now = self._clock()
+        with self._tx() as db:
+            settled, touched = self._ack_in(db, receipts)
+            released = (
+                self._release_due(db, topic, now, max_deliveries) if release else Released(0, 0)
+            )
+            leases = self._lease_rows(db, topic, now, limit, visibility_ms)
+        got = [_delivery(topic, row, token) for row, token in leases]
+        return settled, touched, got, released
+
+    def _lease_rows(
+        self, db: sqlite3.Connection, topic: str, now: int, limit: int, visibility_ms: int
+    ) -> list[tuple[Any, str]]:
+        """Lease the head of the topic: its rows, each with the lease's new token."""
+        rows = db.execute(
+            f"SELECT {_DELIVERY_COLUMNS} FROM messages m JOIN bodies b ON b.seq = m.seq"
+            " WHERE m.topic = ? AND m.state = 0 AND m.visible_ms = 0"
+            " ORDER BY m.seq LIMIT ?",
+            (topic, limit),
+        ).fetchall()
+        if not rows:
+            return []
+        until = now + visibility_ms
+        leases = list(zip(rows, new_tokens(len(rows)), strict=True))
+        db.executemany(
+            "UPDATE messages SET state = 1, visible_ms = ?, deliveries = deliveries + 1,"
+            " lease = lease + 1, token = ? WHERE seq = ?",
+            [(until, token, row[0]) for row, token in leases],
+        )
+        return leases
 
     def release_due(self, topic: str, max_deliveries: int) -> Released:
         """Release the topic's expired leases and finished delays (the timer's job)."""
@@ -335,12 +365,17 @@ class MailboxStore:
         409 ``conflict`` whose ``stale`` lists the positions of the offending receipts.
         """
         with self._tx() as db:
-            found, gone = self._match(db, receipts)
-            seqs = {seq: topic for seq, topic, _, _ in found}
-            if seqs:
-                marks = ",".join("?" * len(seqs))
-                db.execute(f"DELETE FROM messages WHERE seq IN ({marks})", list(seqs))
-                db.execute(f"DELETE FROM bodies WHERE seq IN ({marks})", list(seqs))
+            return self._ack_in(db, receipts)
+
+    def _ack_in(
+        self, db: sqlite3.Connection, receipts: Sequence[Receipt]
+    ) -> tuple[Settled, set[str]]:
+        found, gone = self._match(db, receipts)
+        seqs = {seq: topic for seq, topic, _, _ in found}
+        if seqs:
+            marks = ",".join("?" * len(seqs))
+            db.execute(f"DELETE FROM messages WHERE seq IN ({marks})", list(seqs))
+            db.execute(f"DELETE FROM bodies WHERE seq IN ({marks})", list(seqs))
         return Settled(len(found), gone), set(seqs.values())
 
     def nack(

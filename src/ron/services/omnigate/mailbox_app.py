@@ -72,6 +72,33 @@ def _receipts(body: dict[str, Any]) -> list[str]:
     return receipts_from_json(body)
 
 
+def _recv_args(body: dict[str, Any]) -> tuple[int, float]:
+    """A recv's ``max`` and its wait in seconds."""
+    wait = _ms(body, "wait_ms", 0.0) or 0.0
+    if wait * 1000 > MAX_WAIT_MS:
+        raise _bad(f"wait_ms must be at most {MAX_WAIT_MS}")
+    max_messages = body.get("max", 1)
+    if isinstance(max_messages, bool) or not isinstance(max_messages, int):
+        raise _bad("max must be an integer")
+    return max_messages, wait
+
+
+async def _recv_acking(
+    mb: MailboxAPI, body: dict[str, Any], topics: tuple[str, ...] | None
+) -> bytes:
+    """recv with ``ack``: the receipts acknowledged, then the next messages leased, in
+    one commit; the reply adds ``acked`` and ``gone`` as the ack op's would."""
+    max_messages, wait = _recv_args(body)
+    return await mb.receive_body(
+        _str(body, "topic"),
+        max_messages=max_messages,
+        visibility_s=_ms(body, "visibility_ms", None),
+        wait_s=wait,
+        ack=receipts_from_json({"receipts": body["ack"]}),
+        topics=topics,
+    )
+
+
 _ROUTES: dict[str, tuple[str, str]] = {
     "send": ("POST", "/v1/mailbox/{topic}/messages"),
     "recv": ("POST", "/v1/mailbox/{topic}/receive"),
@@ -105,8 +132,19 @@ class MailboxApp:
         if body.get("op") == "subscribe":
             await _subscribe(mailbox, body, request, reply)
             return
+        if body.get("op") == "recv" and "ack" in body:
+            reply.end(await _recv_acking(mailbox, body, self._ack_topics(request.grant)))
+            return
         result = await self._dispatch(mailbox, body, topics)
         reply.end(json.dumps(result, separators=(",", ":")).encode())
+
+    def _ack_topics(self, grant: Grant | None) -> tuple[str, ...] | None:
+        """A recv that acks is also checked as the ack op (its topic caveats returned)."""
+        if self._guard is None or grant is None:
+            return None
+        method, path = _ROUTES["ack"]
+        self._guard.authorize(grant, method=method, path=path, defer_topic=True)
+        return grant.topic_patterns
 
     def _authorize(self, grant: Grant | None, body: dict[str, Any]) -> tuple[str, ...] | None:
         """Check the capability as the equivalent HTTP route would (CAPABILITIES.md §5);
@@ -146,12 +184,7 @@ class MailboxApp:
             result = await mb.send(topic, _payload(body), headers=headers, idempotency_key=key)
             return result.to_wire()
         if op == "recv":
-            wait = _ms(body, "wait_ms", 0.0) or 0.0
-            if wait * 1000 > MAX_WAIT_MS:
-                raise _bad(f"wait_ms must be at most {MAX_WAIT_MS}")
-            max_messages = body.get("max", 1)
-            if isinstance(max_messages, bool) or not isinstance(max_messages, int):
-                raise _bad("max must be an integer")
+            max_messages, wait = _recv_args(body)
             got = await mb.receive(
                 _str(body, "topic"),
                 max_messages=max_messages,
