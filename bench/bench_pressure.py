@@ -66,9 +66,10 @@ def _switch(node: Node, cfg: Path, on: bool) -> None:
     r.raise_for_status()
 
 
-def _get_rates(seconds: float) -> dict[str, tuple[float, float]]:
-    """ "on"/"off" -> (best req/s, least CPU seconds per request) over ROUNDS rounds of
-    each, on one node whose config is switched between rounds."""
+def _get_rates(seconds: float) -> tuple[dict[str, tuple[float, float]], list[float]]:
+    """The best req/s and least CPU seconds per request of "on" and "off" over ROUNDS
+    rounds of each, on one node whose config is switched between rounds; and each
+    round's on/off req/s ratio."""
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "ron.toml"
         cfg.write_text(_mode_config(True))
@@ -76,11 +77,13 @@ def _get_rates(seconds: float) -> dict[str, tuple[float, float]]:
             url = f"{node.http}/o/{_put(node, os.urandom(1024))}"
             pids = process_tree(node.pid)
             best: dict[str, tuple[float, float]] = {}
+            paired: list[float] = []
             order = ["on", "off"]
             for _ in range(ROUNDS):
                 # Each round reverses the order, so neither side is always measured first
                 # (right after its own warm-up) or always right after the other's load.
                 order.reverse()
+                rates: dict[str, float] = {}
                 for name in order:
                     _switch(node, cfg, name == "on")
                     wrk(url, seconds=1, connections=4)  # warm-up
@@ -91,7 +94,9 @@ def _get_rates(seconds: float) -> dict[str, tuple[float, float]]:
                     per_request = (cpu_seconds(pids) - before) / max(1, result.requests)
                     rate, cpu = best.get(name, (0.0, per_request))
                     best[name] = (max(rate, result.requests_per_s), min(cpu, per_request))
-            return best
+                    rates[name] = result.requests_per_s
+                paired.append(rates["on"] / rates["off"])
+            return best, paired
 
 
 def _paced(url: str, key: str, rate: float, seconds: float) -> tuple[int, int, list[float]]:
@@ -126,7 +131,7 @@ def _p99(values: list[float]) -> float:
 
 def run(report: Report) -> None:
     seconds = float(os.environ.get("BENCH_SECONDS", "5"))
-    best = _get_rates(seconds)
+    best, paired = _get_rates(seconds)
     (on_rate, on_cpu), (off_rate, off_cpu) = best["on"], best["off"]
     report.figure("pressure.get_1k_quotas_metrics_on_rps", on_rate, "req/s")
     report.figure("pressure.get_1k_quotas_metrics_off_rps", off_rate, "req/s")
@@ -135,6 +140,10 @@ def run(report: Report) -> None:
     report.ratio("pressure.get_1k_on_vs_off", on_rate, off_rate, target=0.9)
     # CPU per request, off over on: the same comparison in the steadier measure.
     report.ratio("pressure.get_1k_on_vs_off_by_cpu", off_cpu, on_cpu)
+    # The two configs measured back to back within each round, the median over rounds:
+    # how much of the spread between runs is the machine rather than the code.
+    report.ratio("pressure.get_1k_on_vs_off_round_median", statistics.median(paired), 1.0)
+    print("  rounds, on/off req/s:", " ".join(f"{r:.2f}" for r in paired), flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "ron.toml"
