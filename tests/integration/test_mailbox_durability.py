@@ -1,8 +1,9 @@
 """Nothing acknowledged is lost when the mailbox process is SIGKILLed, again and again.
 
 A producer sends N messages (each with an idempotency key, retried until a 201), a
-consumer receives and acks them, and meanwhile the mailbox process is killed with
-SIGKILL at random points of progress. After the restarts:
+consumer receives and acks them (with separate ack calls, or each batch's ack carried
+by the next receive), and meanwhile the mailbox process is killed with SIGKILL at random
+points of progress. After the restarts:
 
 - every send that was answered 201 is eventually received (none lost);
 - no message comes back after its ACK was answered 200 (acks are durable too).
@@ -19,7 +20,8 @@ import os
 import random
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -36,6 +38,8 @@ default_visibility_s = 1
 ENV = {
     "RON_GATEWAY__QUOTA__ENABLED": "false",
     "RON_SUPERVISOR__MAX_RESTARTS": "100",
+    # Backoff grows with every restart in the window; the tests kill on purpose, often.
+    "RON_SUPERVISOR__BACKOFF_MAX_S": "0.5",
 }
 TOPIC = "durable"
 
@@ -60,14 +64,14 @@ class Ledger:
         self.errors = 0
 
 
-def produce(url: str, auth: dict[str, str], ledger: Ledger) -> None:
+def produce(url: str, auth: dict[str, str], ledger: Ledger, topic: str) -> None:
     with httpx.Client(base_url=url, timeout=10, headers=auth) as http:
         for i in range(N):
             body = b"msg-%05d" % i
             while not ledger.stop.is_set():
                 try:
                     reply = http.post(
-                        f"/v1/mailbox/{TOPIC}/messages",
+                        f"/v1/mailbox/{topic}/messages",
                         content=body,
                         headers={"Idempotency-Key": f"k-{i}"},
                     )
@@ -83,20 +87,24 @@ def produce(url: str, auth: dict[str, str], ledger: Ledger) -> None:
     ledger.producer_done.set()
 
 
-def consume(url: str, auth: dict[str, str], ledger: Ledger) -> None:
+def _seen(ledger: Ledger, messages: list[dict[str, Any]]) -> None:
+    with ledger.lock:
+        for m in messages:
+            if m["msg_id"] in ledger.acked:
+                ledger.came_back.append(m["msg_id"])
+            ledger.received.add(base64.b64decode(m["payload_b64"]).decode())
+
+
+def consume(url: str, auth: dict[str, str], ledger: Ledger, topic: str) -> None:
     with httpx.Client(base_url=url, timeout=10, headers=auth) as http:
         while not ledger.stop.is_set():
             try:
-                reply = http.post(f"/v1/mailbox/{TOPIC}/receive", json={"max": 10, "wait_s": 0.5})
+                reply = http.post(f"/v1/mailbox/{topic}/receive", json={"max": 10, "wait_s": 0.5})
                 if reply.status_code != 200:
                     ledger.errors += 1
                     continue
                 messages = reply.json()["messages"]
-                with ledger.lock:
-                    for m in messages:
-                        if m["msg_id"] in ledger.acked:
-                            ledger.came_back.append(m["msg_id"])
-                        ledger.received.add(base64.b64decode(m["payload_b64"]).decode())
+                _seen(ledger, messages)
                 if not messages:
                     continue
                 reply = http.post(
@@ -112,13 +120,45 @@ def consume(url: str, auth: dict[str, str], ledger: Ledger) -> None:
                 ledger.errors += 1
 
 
+def consume_acking(url: str, auth: dict[str, str], ledger: Ledger, topic: str) -> None:
+    """Each batch is acked by the receive that fetches the next one."""
+    done: list[dict[str, Any]] = []  # received, to be acked by the next receive
+    with httpx.Client(base_url=url, timeout=10, headers=auth) as http:
+        while not ledger.stop.is_set():
+            ask: dict[str, Any] = {"max": 10, "wait_s": 0.5}
+            if done:
+                ask["ack"] = [m["receipt"] for m in done]
+            try:
+                reply = http.post(f"/v1/mailbox/{topic}/receive", json=ask)
+            except httpx.HTTPError:
+                ledger.errors += 1
+                continue  # the ack may or may not have been committed: ask again
+            if reply.status_code == 409:
+                done = []  # a lease expired during a restart: those come back unacked
+                continue
+            if reply.status_code != 200:
+                ledger.errors += 1
+                continue
+            with ledger.lock:
+                ledger.acked.update(m["msg_id"] for m in done)
+            done = reply.json()["messages"]
+            _seen(ledger, done)
+
+
+Consumer = Callable[[str, dict[str, str], Ledger, str], None]
+
+
 @pytest.mark.slow
-def test_acknowledged_messages_survive_sigkill_of_the_mailbox(node: RunningNode) -> None:
+@pytest.mark.parametrize("consumer", [consume, consume_acking], ids=["ack", "ack_on_receive"])
+def test_acknowledged_messages_survive_sigkill_of_the_mailbox(
+    node: RunningNode, consumer: Consumer
+) -> None:
     rng = random.Random()
     ledger = Ledger()
+    topic = f"{TOPIC}-{consumer.__name__}"
     threads = [
-        threading.Thread(target=produce, args=(node.http, node.auth, ledger), daemon=True),
-        threading.Thread(target=consume, args=(node.http, node.auth, ledger), daemon=True),
+        threading.Thread(target=produce, args=(node.http, node.auth, ledger, topic), daemon=True),
+        threading.Thread(target=consumer, args=(node.http, node.auth, ledger, topic), daemon=True),
     ]
     for t in threads:
         t.start()
@@ -159,12 +199,12 @@ def test_acknowledged_messages_survive_sigkill_of_the_mailbox(node: RunningNode)
     with httpx.Client(base_url=node.http, timeout=10, headers=node.auth) as http:
 
         def drained() -> bool:
-            got = http.post(f"/v1/mailbox/{TOPIC}/receive", json={"max": 100, "wait_s": 1})
+            got = http.post(f"/v1/mailbox/{topic}/receive", json={"max": 100, "wait_s": 1})
             messages = got.json()["messages"]
             assert not any(m["msg_id"] in ledger.acked for m in messages)
             if messages:
                 http.post("/v1/mailbox/ack", json={"receipts": [m["receipt"] for m in messages]})
-            stats = http.get(f"/v1/mailbox/{TOPIC}/stats").json()
+            stats = http.get(f"/v1/mailbox/{topic}/stats").json()
             return bool(stats["depth"] == 0 and stats["in_flight"] == 0 and not messages)
 
         wait_until_sync(drained, 30, "the topic to drain")

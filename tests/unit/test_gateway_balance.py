@@ -135,6 +135,32 @@ def test_closed_connections_free_their_share(tmp_path: Path) -> None:
     assert asyncio.run(run()) == (3, 3)
 
 
+def test_a_worker_publishes_its_share_when_a_connection_closes(tmp_path: Path) -> None:
+    """Two clients that reconnect together land on two workers again: a worker's share
+    drops when its connections close, not only at its next accept. Otherwise the first
+    worker to wake reads the other's stale share and takes both."""
+
+    async def run() -> list[tuple[int, int]]:
+        sock = _listening()
+        held: list[set[asyncio.Protocol]] = [set(), set()]
+        listeners = _two_workers(sock, tmp_path / "conns", held)
+        port = sock.getsockname()[1]
+        splits = []
+        for _ in range(3):
+            pair = await _connect_burst(port, 2)
+            await _until(lambda: len(held[0]) + len(held[1]) == 2)
+            splits.append((len(held[0]), len(held[1])))
+            for c in pair:
+                c.close()
+            await _until(lambda: not held[0] and not held[1])
+        for listener in listeners:
+            listener.close()
+            await listener.wait_closed()
+        return splits
+
+    assert asyncio.run(run()) == [(1, 1)] * 3
+
+
 def test_a_connection_being_handed_over_counts_once(tmp_path: Path) -> None:
     """When a protocol's connection_made runs (uvicorn's adds it to the held set there),
     the worker's count must not also still hold it as "opening": a share published one

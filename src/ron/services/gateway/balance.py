@@ -176,7 +176,19 @@ class BalancedListener:
             nonlocal made
             made = True
             self._opening -= 1
-            return self._factory()
+            made_protocol = self._factory()
+            lost = made_protocol.connection_lost
+
+            def connection_lost(exc: Exception | None) -> None:
+                # Publish the share as soon as it drops: the other worker reads this
+                # slot when its next connection arrives, and a share left at what this
+                # worker once held would send two clients reconnecting together to it.
+                lost(exc)
+                if not self._closed:
+                    self._shares.publish(self.count())
+
+            made_protocol.connection_lost = connection_lost  # type: ignore[method-assign]
+            return made_protocol
 
         try:
             conn.setblocking(False)
