@@ -23,6 +23,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 from report import Report
@@ -99,13 +100,19 @@ def _get_rates(seconds: float) -> tuple[dict[str, tuple[float, float]], list[flo
             return best, paired
 
 
-def _paced(url: str, key: str, rate: float, seconds: float) -> tuple[int, int, list[float]]:
-    """Send at ``rate`` requests/s for ``seconds``; returns (ok, total, latencies in s)."""
+def _paced(
+    url: str, key: str, rate: float, seconds: float, started: Any = None
+) -> tuple[int, int, list[float]]:
+    """Send at ``rate`` requests/s for ``seconds``; returns (ok, total, latencies in s).
+    ``started`` (an Event) is set once the first request was answered."""
     ok = total = 0
     latencies: list[float] = []
     interval = 1.0 / rate
-    start = time.perf_counter()
     with httpx.Client(headers={"X-Api-Key": key}, timeout=10) as client:
+        if started is not None:
+            client.get(url)
+            started.set()
+        start = time.perf_counter()
         while time.perf_counter() - start < seconds:
             t0 = time.perf_counter()
             try:
@@ -121,8 +128,8 @@ def _paced(url: str, key: str, rate: float, seconds: float) -> tuple[int, int, l
     return ok, total, latencies
 
 
-def _noisy(url: str, seconds: float) -> None:
-    _paced(url, NOISY_KEY, 500.0, seconds)  # 10x the noisy tenant's 50 rps
+def _noisy(url: str, seconds: float, started: Any) -> None:
+    _paced(url, NOISY_KEY, 500.0, seconds, started)  # 10x the noisy tenant's 50 rps
 
 
 def _p99(values: list[float]) -> float:
@@ -151,11 +158,16 @@ def run(report: Report) -> None:
         with ron_node(Path(tmp), env={"RON_CONFIG": str(cfg)}) as node:
             addr = _put(node, os.urandom(1024))
             url = f"{node.http}/o/{addr}"
+            # Warm first (the object read and verified, the connection made), so "alone"
+            # is the steady state the crowded phase is compared with, not a cold start.
+            _paced(url, CALM_KEY, 20.0, 1.0)
             ok, total, alone = _paced(url, CALM_KEY, 20.0, seconds)
-            noisy = multiprocessing.get_context("spawn").Process(
-                target=_noisy, args=(url, seconds + 1)
-            )
+            spawn = multiprocessing.get_context("spawn")
+            started = spawn.Event()
+            noisy = spawn.Process(target=_noisy, args=(url, seconds + 1, started))
             noisy.start()
+            if not started.wait(60):
+                raise RuntimeError("the noisy tenant did not start")
             try:
                 ok2, total2, crowded = _paced(url, CALM_KEY, 20.0, seconds)
             finally:
