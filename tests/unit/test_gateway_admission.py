@@ -9,7 +9,12 @@ from ron.kernel.config import GatewayConfig, QuotaConfig
 from ron.kernel.metrics import Metrics
 from ron.quota.shared import Verdict
 from ron.services.gateway.admission import Admission
-from ron.services.gateway.limits import Tenant, ratelimit_headers, ratelimit_value
+from ron.services.gateway.limits import (
+    Tenant,
+    ratelimit_headers,
+    ratelimit_lines,
+    ratelimit_value,
+)
 
 
 async def _ready() -> tuple[bool, dict[str, Any]]:
@@ -27,13 +32,23 @@ def test_a_tenants_ratelimit_value_is_the_verdicts() -> None:
         verdict = Verdict(True, left, 0.0, (tenant.burst - left) / tenant.rps)
         assert tenant.ratelimit(left) == ratelimit_value(verdict)
         assert ratelimit_headers(tenant, verdict)[1] == (b"ratelimit", tenant.ratelimit(left))
+        # The fast lane's raw head lines are those two headers, rendered.
+        rendered = b"".join(n + b": " + v + b"\r\n" for n, v in ratelimit_headers(tenant, verdict))
+        assert tenant.ratelimit_lines(left) == rendered == ratelimit_lines(tenant, verdict)
+
+
+def _value(lines: bytes) -> bytes:
+    """The RateLimit value in a fast-lane answer's head lines."""
+    policy, limit, end = lines.split(b"\r\n")
+    assert policy.startswith(b"ratelimit-policy: ") and end == b""
+    return limit.removeprefix(b"ratelimit: ")
 
 
 def test_a_slow_tenant_is_refused_exactly_at_its_burst(tmp_path: Path) -> None:
     admission = _admission(tmp_path, rps=50.0, burst=3.0)
     answers = [admission.admit_read_now("10.0.0.1", 1024, 100.0) for _ in range(4)]
     assert [a is not None for a in answers] == [True, True, True, False]
-    assert [a[1] for a in answers if a is not None] == [
+    assert [_value(a[1]) for a in answers if a is not None] == [
         b'"requests";r=2;t=1',
         b'"requests";r=1;t=1',
         b'"requests";r=0;t=1',
@@ -49,7 +64,7 @@ def test_a_fast_tenant_is_admitted_on_local_views_with_exact_values(tmp_path: Pa
     for i in range(50):
         answer = admission.admit_read_now("10.0.0.1", 1024, 5.0 + i * 1e-5)
         assert answer is not None
-        values.append(answer[1])
+        values.append(_value(answer[1]))
     assert buckets.settles <= 2  # the first take of each bucket, then local
     # Each request spends one token; 0.1 refills between them: r goes down by one.
     assert values[:3] == [b'"requests";r=999;t=1', b'"requests";r=998;t=1', b'"requests";r=997;t=1']

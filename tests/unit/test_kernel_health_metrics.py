@@ -8,6 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ron.kernel import HealthState, Metrics
 from ron.kernel.metrics import (
+    FOLD_AT,
     RequestTally,
     merge_expositions,
     status_class,
@@ -108,6 +109,19 @@ def test_request_tally_renders_exactly_what_direct_observation_does() -> None:
         tally.add(*r)
     assert tallied.render() == direct.render()
     assert tallied.render() == direct.render()  # a flush with nothing pending changes nothing
+
+
+def test_a_tally_adder_folds_its_samples_as_they_pile_up() -> None:
+    """Past FOLD_AT buffered values the adder folds on its own; nothing is lost or
+    counted twice, whether the fold came from a request or from a scrape."""
+    direct, tallied = Metrics(), Metrics()
+    plain, pinned = RequestTally(direct), RequestTally(tallied)
+    add_get = pinned.adder("/o/{addr}", "GET", 200)
+    for i in range(FOLD_AT // 2 * 2 + 3):  # two folds in the request path, then a rest
+        elapsed = 2.0 ** -(i % 20 + 1)
+        plain.add("/o/{addr}", "GET", 200, elapsed, 1000 + i, 0)
+        add_get(elapsed, 1000 + i)
+    assert tallied.render() == direct.render()
 
 
 def test_a_pinned_tally_adder_counts_like_add_across_scrapes() -> None:

@@ -28,7 +28,7 @@ from ron.services.gateway.limits import (
     Quotas,
     Tenant,
     TenantResolver,
-    ratelimit_value,
+    ratelimit_lines,
 )
 
 log = logging.getLogger("ron.gateway")
@@ -185,9 +185,9 @@ class Admission:
     ) -> tuple[Tenant, bytes] | None:
         """Admission of an anonymous read whose response (``nbytes``) is known, at
         ``now`` (``time.monotonic()``), decided synchronously for the fast lane: its
-        tenant and ``RateLimit`` header value (empty while quotas are off), or None
-        whenever the answer is not a plain yes (capacity, quota), so the ordinary path
-        decides and answers with the envelope.
+        tenant and its ``RateLimit-Policy`` and ``RateLimit`` head lines (empty while
+        quotas are off), or None whenever the answer is not a plain yes (capacity,
+        quota), so the ordinary path decides and answers with the envelope.
 
         A refused bucket take charges nothing, so asking again there is harmless; only
         a byte bucket already in debt costs that tenant one extra request token.
@@ -205,7 +205,7 @@ class Admission:
             # The common case: both buckets admit on this worker's views; no verdicts.
             left = buckets.take_read(tenant.request_spec, tenant.bytes_spec, nbytes, now)
             if left is not None:
-                return tenant, tenant.ratelimit(left)
+                return tenant, tenant.ratelimit_lines(left)
             request = (tenant.request_key, 1.0, tenant.rps, tenant.burst)
             volume = (tenant.bytes_key, float(nbytes), tenant.bytes_per_s, tenant.bytes_burst)
             verdict, spent = buckets.take_pair(request, volume, now)
@@ -215,7 +215,7 @@ class Admission:
             verdict = buckets.take(tenant.request_key, 1.0, tenant.rps, tenant.burst, now)
             if not verdict.allowed:
                 return None
-        return tenant, ratelimit_value(verdict)
+        return tenant, ratelimit_lines(tenant, verdict)
 
     def charge_bytes(self, admitted: Admitted, route: str, nbytes: int) -> None:
         if admitted.tenant is None or not self.quotas.enabled or nbytes <= 0:

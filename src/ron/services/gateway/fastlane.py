@@ -49,14 +49,15 @@ _ORDINARY = frozenset(
     }
 )
 
-FastLane = Callable[
-    [str, str, list[tuple[bytes, bytes]], tuple[str, int] | None], tuple[Headers, bytes] | None
-]
+# (headers, raw head lines that follow them, body)
+FastReply = tuple[Headers, bytes, bytes]
+FastLane = Callable[[str, str, list[tuple[bytes, bytes]], tuple[str, int] | None], FastReply | None]
 
 
 def fast_lane(app: GatewayApp) -> FastLane:
     """The fast-lane function for ``app``: ``(method, path, headers, client)`` ->
-    ``(headers, body)`` of a complete 200 response, or None for the ordinary path."""
+    ``(headers, lines, body)`` of a complete 200 response (``lines``: the RateLimit
+    headers, already rendered), or None for the ordinary path."""
     reader = app.reader
     admission = app.admission
     answered = app.metrics.counter(
@@ -69,7 +70,7 @@ def fast_lane(app: GatewayApp) -> FastLane:
 
     def serve(
         method: str, path: str, headers: list[tuple[bytes, bytes]], client: tuple[str, int] | None
-    ) -> tuple[Headers, bytes] | None:
+    ) -> FastReply | None:
         # The buckets' clock, so the start is also admission's "now" (one clock read
         # fewer; on Linux it is perf_counter's clock, with nanosecond resolution).
         started = time.monotonic()
@@ -108,14 +109,12 @@ def fast_lane(app: GatewayApp) -> FastLane:
         admitted = admission.admit_read_now(client[0] if client else None, sent, started)
         if admitted is None:
             return None
-        tenant, ratelimit = admitted
+        tenant, ratelimit = admitted  # RateLimit-Policy and RateLimit, rendered
         corr = sane_corr_id(corr_raw.decode("latin-1") if corr_raw is not None else None)
         etag = f'"b3:{info.hex}"'.encode()
         out = content_headers(info, validator_headers(info, etag), [])
         out.append((b"content-length", str(len(body)).encode()))
         out.append((b"x-corr-id", corr.encode()))
-        if ratelimit:
-            out += ((b"ratelimit-policy", tenant.policy), (b"ratelimit", ratelimit))
         elapsed = time.monotonic() - started
         if admission.config.request_metrics:
             (observe_head if head else observe_get)(elapsed, sent)
@@ -123,6 +122,6 @@ def fast_lane(app: GatewayApp) -> FastLane:
             corr, ROUTE, method, 200, 0, sent, round(elapsed * 1000, 3), tenant.id
         )
         answered.inc()
-        return out, b"" if head else body
+        return out, ratelimit, b"" if head else body
 
     return serve

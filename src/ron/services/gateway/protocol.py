@@ -153,11 +153,11 @@ def guarded_protocol(
             reply = lane(method, url.decode("ascii"), self.headers, self.client)
             if reply is None:
                 return False
-            headers, body = reply
+            headers, lines, body = reply
             out = [STATUS_LINE[200]]
             for name, value in (*self.server_state.default_headers, *headers):
                 out += (name, b": ", value, b"\r\n")
-            out += (b"\r\n", body)
+            out += (lines, b"\r\n", body)
             self.transport.write_now(b"".join(out))  # type: ignore[attr-defined]
             self._answered = True
             return True
