@@ -6,10 +6,14 @@
   once every service took the new snapshot) before each round, so both figures come
   from the same processes, memory layout and hash seeds. Two nodes side by side gave
   per-request CPU that differed by up to 25% between processes of the same config.
-  Eight rounds of each, each round in the reverse order of the one before, with wrk;
-  as in the gateway benchmark the best round of each counts (interference only slows a
-  round down), and the CPU time per request of the node's process tree is reported
-  beside it (it moves much less than req/s when other work shares the cores).
+  Eight rounds, each measuring on and off back to back with wrk, in the reverse order
+  of the round before. The target applies to the median over rounds of each round's
+  own on/off ratio: the two sides of a round share the machine's state of that moment,
+  so the comparison is paired, as A/B measurements under drift should be. The ratio of
+  each side's best round (the statistic of the other benchmarks, where one side is a
+  baseline program) is printed beside it; on this 2-core machine it moved 0.79-1.03
+  between runs of the same code, because each side's best is an extreme of its own.
+  The CPU time per request of the node's process tree is reported too.
 - Fairness: a well-behaved tenant paced within its quota, alone and then while a noisy
   tenant sends 10x its own quota; report the calm tenant's success rate (target >= 99%)
   and its p99 latency relative to alone (target within 2x).
@@ -144,12 +148,12 @@ def run(report: Report) -> None:
     report.figure("pressure.get_1k_quotas_metrics_off_rps", off_rate, "req/s")
     report.figure("pressure.get_1k_quotas_metrics_on_cpu_per_request", on_cpu * 1e6, "us")
     report.figure("pressure.get_1k_quotas_metrics_off_cpu_per_request", off_cpu * 1e6, "us")
-    report.ratio("pressure.get_1k_on_vs_off", on_rate, off_rate, target=0.9)
+    report.ratio("pressure.get_1k_on_vs_off", on_rate, off_rate)
     # CPU per request, off over on: the same comparison in the steadier measure.
     report.ratio("pressure.get_1k_on_vs_off_by_cpu", off_cpu, on_cpu)
-    # The two configs measured back to back within each round, the median over rounds:
-    # how much of the spread between runs is the machine rather than the code.
-    report.ratio("pressure.get_1k_on_vs_off_round_median", statistics.median(paired), 1.0)
+    # The two configs measured back to back within each round, the median over rounds.
+    median = statistics.median(paired)
+    report.ratio("pressure.get_1k_on_vs_off_round_median", median, 1.0, target=0.9)
     print("  rounds, on/off req/s:", " ".join(f"{r:.2f}" for r in paired), flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
