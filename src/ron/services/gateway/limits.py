@@ -58,16 +58,11 @@ class Tenant:
         lines = b"ratelimit-policy: " + policy.replace(b"%", b"%%") + b"\r\nratelimit: "
         object.__setattr__(self, "lines", lines + _STATE + b"\r\n")
 
-    def ratelimit(self, left: float) -> bytes:
-        """The ``RateLimit`` value after an admitted take left ``left`` tokens in the
-        request bucket (at most ``burst - 1``): what :func:`ratelimit_headers` makes of
-        that take's verdict."""
-        return _STATE % (left, math.ceil((self.burst - left) / self.rps))
-
     def ratelimit_lines(self, left: float) -> bytes:
-        """Both headers of :func:`ratelimit_headers` after such a take, rendered as the
-        raw lines of a response head: the fast lane appends them in one piece, one
-        format instead of two header tuples joined in four parts each."""
+        """What :func:`ratelimit_headers` makes of an admitted take that left ``left``
+        tokens in the request bucket (at most ``burst - 1``), rendered as the raw lines
+        of a response head: the fast lane appends them in one piece, one format instead
+        of two header tuples joined in four parts each."""
         return self.lines % (left, math.ceil((self.burst - left) / self.rps))
 
 

@@ -113,22 +113,17 @@ class MailboxHotRoutes:
             await reply_error(send, exc, corr)
 
     @staticmethod
-    def _allow(scope: Scope, topic: str | None) -> tuple[str, ...] | None:
+    def _allow(
+        scope: Scope, topic: str | None, as_route: str | None = None
+    ) -> tuple[str, ...] | None:
+        """:func:`authorize` for this request, or with ``as_route`` for the ``POST`` of
+        another route whose work it carries (a receive's acks)."""
         state = scope["state"]
         grant: Grant | None = state.get("grant")
         if grant is None:
             return None
-        return authorize(state.get("guard"), grant, scope["method"], scope["path"], topic)
-
-    @staticmethod
-    def _allow_as(scope: Scope, path: str) -> tuple[str, ...] | None:
-        """The settle routes' check (no topic: the mailbox checks each receipt's) for a
-        settle carried by another route's request."""
-        state = scope["state"]
-        grant: Grant | None = state.get("grant")
-        if grant is None:
-            return None
-        return authorize(state.get("guard"), grant, "POST", path, None)
+        method, path = ("POST", as_route) if as_route else (scope["method"], scope["path"])
+        return authorize(state.get("guard"), grant, method, path, topic)
 
     # ---- send ------------------------------------------------------------------------
 
@@ -169,7 +164,7 @@ class MailboxHotRoutes:
             # The receipts are acknowledged as POST /v1/mailbox/ack would: that route's
             # permission, the token's topic caveats checked against each message.
             ack = receipts_from_json({"receipts": body["ack"]})
-            topics = self._allow_as(scope, "/v1/mailbox/ack")
+            topics = self._allow(scope, None, as_route="/v1/mailbox/ack")
         call = self._mailbox().receive_body(
             topic, max_messages=limit, visibility_s=visibility, wait_s=wait, ack=ack, topics=topics
         )

@@ -264,13 +264,8 @@ class MailboxStore:
         transaction, so a receive does not depend on the timer having run yet (callers
         that know nothing is due skip that statement).
         """
-        now = self._clock()
         with self._tx() as db:
-            released = (
-                self._release_due(db, topic, now, max_deliveries) if release else Released(0, 0)
-            )
-            leases = self._lease_rows(db, topic, now, limit, visibility_ms)
-        return [_delivery(topic, row, token) for row, token in leases], released
+            return self._receive_in(db, topic, limit, visibility_ms, max_deliveries, release)
 
     def ack_and_receive(
         self,
@@ -285,20 +280,25 @@ class MailboxStore:
         """:meth:`ack` then :meth:`receive`, in one transaction: a consumer settles the
         batch it finished and leases the next in one commit. A stale receipt fails the
         whole call (409) before anything is leased, as a separate ack would."""
-        now = self._clock()
         with self._tx() as db:
             settled, touched = self._ack_in(db, receipts)
-            released = (
-                self._release_due(db, topic, now, max_deliveries) if release else Released(0, 0)
+            got, released = self._receive_in(
+                db, topic, limit, visibility_ms, max_deliveries, release
             )
-            leases = self._lease_rows(db, topic, now, limit, visibility_ms)
-        got = [_delivery(topic, row, token) for row, token in leases]
         return settled, touched, got, released
 
-    def _lease_rows(
-        self, db: sqlite3.Connection, topic: str, now: int, limit: int, visibility_ms: int
-    ) -> list[tuple[Any, str]]:
-        """Lease the head of the topic: its rows, each with the lease's new token."""
+    def _receive_in(
+        self,
+        db: sqlite3.Connection,
+        topic: str,
+        limit: int,
+        visibility_ms: int,
+        max_deliveries: int,
+        release: bool,
+    ) -> tuple[list[Delivery], Released]:
+        """:meth:`receive`'s work inside the caller's transaction."""
+        now = self._clock()
+        released = self._release_due(db, topic, now, max_deliveries) if release else Released(0, 0)
         rows = db.execute(
             f"SELECT {_DELIVERY_COLUMNS} FROM messages m JOIN bodies b ON b.seq = m.seq"
             " WHERE m.topic = ? AND m.state = 0 AND m.visible_ms = 0"
@@ -306,7 +306,7 @@ class MailboxStore:
             (topic, limit),
         ).fetchall()
         if not rows:
-            return []
+            return [], released
         until = now + visibility_ms
         leases = list(zip(rows, new_tokens(len(rows)), strict=True))
         db.executemany(
@@ -314,7 +314,7 @@ class MailboxStore:
             " lease = lease + 1, token = ? WHERE seq = ?",
             [(until, token, row[0]) for row, token in leases],
         )
-        return leases
+        return [_delivery(topic, row, token) for row, token in leases], released
 
     def release_due(self, topic: str, max_deliveries: int) -> Released:
         """Release the topic's expired leases and finished delays (the timer's job)."""

@@ -133,18 +133,12 @@ class MailboxApp:
             await _subscribe(mailbox, body, request, reply)
             return
         if body.get("op") == "recv" and "ack" in body:
-            reply.end(await _recv_acking(mailbox, body, self._ack_topics(request.grant)))
+            # Checked as the ack op too: its route, and its topic caveats for the mailbox.
+            acking = self._authorize(request.grant, {"op": "ack"})
+            reply.end(await _recv_acking(mailbox, body, acking))
             return
         result = await self._dispatch(mailbox, body, topics)
         reply.end(json.dumps(result, separators=(",", ":")).encode())
-
-    def _ack_topics(self, grant: Grant | None) -> tuple[str, ...] | None:
-        """A recv that acks is also checked as the ack op (its topic caveats returned)."""
-        if self._guard is None or grant is None:
-            return None
-        method, path = _ROUTES["ack"]
-        self._guard.authorize(grant, method=method, path=path, defer_topic=True)
-        return grant.topic_patterns
 
     def _authorize(self, grant: Grant | None, body: dict[str, Any]) -> tuple[str, ...] | None:
         """Check the capability as the equivalent HTTP route would (CAPABILITIES.md §5);
