@@ -19,6 +19,7 @@ from ron.kernel.config import MAILBOX_HARD_MAX_PAYLOAD, Config, ConfigError, Mai
 from ron.kernel.metrics import Metrics
 from ron.proto.envelope import ErrorCode, RonError
 from ron.services.base import ServiceContext
+from ron.services.mailbox.attached import AttachedMailbox
 from ron.services.mailbox.model import (
     MAX_HEADERS,
     Outgoing,
@@ -300,3 +301,94 @@ async def test_stop_releases_waiters(tmp_path: Path) -> None:
     await asyncio.sleep(0)
     await service.stop()
     assert await asyncio.wait_for(poll, 5) == []
+
+
+# ---- a gateway worker's door, attached to the owner's file ---------------------------
+
+
+@pytest.fixture
+async def attached(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[MailboxService, AttachedMailbox, Metrics]]:
+    """The owner as the mailbox process runs it, and a door as a gateway worker holds
+    it (the owner is reached in-process here instead of over IPC; the bell is real)."""
+    config = Config(data_dir=tmp_path, mailbox=MailboxConfig(max_payload_bytes=1000))
+    metrics = Metrics()
+    owner = MailboxService()
+    await owner.start(ServiceContext("mailbox", config, metrics, tmp_path, tmp_path, None))  # type: ignore[arg-type]
+    door = AttachedMailbox(config, tmp_path, owner)
+    yield owner, door, metrics
+    door.close()
+    await owner.stop()
+
+
+def _sample(metrics: Metrics, line_start: str) -> float:
+    for line in metrics.render().decode().splitlines():
+        if line.startswith(line_start + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+async def test_an_attached_send_wakes_a_receive_waiting_at_the_owner(
+    attached: tuple[MailboxService, AttachedMailbox, Metrics],
+) -> None:
+    owner, door, _ = attached
+    t0 = time.monotonic()
+    waiting = asyncio.create_task(door.receive("t", wait_s=10))  # nothing yet: the owner waits
+    await wait_until(lambda: owner.waiters() == 1, 5)
+    await door.send("t", b"hello")
+    got = await asyncio.wait_for(waiting, 5)
+    assert [d.payload for d in got] == [b"hello"]
+    assert time.monotonic() - t0 < 5
+
+
+async def test_a_lease_taken_at_the_door_expires_into_a_receive_waiting_at_the_owner(
+    attached: tuple[MailboxService, AttachedMailbox, Metrics],
+) -> None:
+    owner, door, _ = attached
+    await door.send("t", b"work")
+    first = await door.receive("t", visibility_s=0.3)
+    assert [d.payload for d in first] == [b"work"]
+    t0 = time.monotonic()
+    again = await owner.receive("t", wait_s=10)  # the owner's timer heard of that lease
+    assert [(d.payload, d.delivery_count) for d in again] == [(b"work", 2)]
+    assert time.monotonic() - t0 < 5
+
+
+async def test_the_owner_counts_what_the_door_did(
+    attached: tuple[MailboxService, AttachedMailbox, Metrics],
+) -> None:
+    _, door, metrics = attached
+    await door.send_batch("t", [Outgoing(b"a"), Outgoing(b"b", idempotency_key="k")])
+    await door.send("t", b"b", idempotency_key="k")
+    got = await door.receive("t", max_messages=10)
+    settled = await door.ack([d.receipt for d in got[:1]])
+    await door.nack([d.receipt for d in got[1:]])
+    with pytest.raises(RonError) as err:
+        await door.send("t", b"x" * 1001)
+    assert err.value.code is ErrorCode.PAYLOAD_TOO_LARGE
+    # Read right after the replies, as a scrape would be: nothing is missing.
+    assert settled.done == 1
+    assert _sample(metrics, "mailbox_sent_total") == 2
+    assert _sample(metrics, "mailbox_duplicates_total") == 1
+    assert _sample(metrics, "mailbox_delivered_total") == 2
+    assert _sample(metrics, "mailbox_acked_total") == 1
+    assert _sample(metrics, "mailbox_nacked_total") == 1
+    assert _sample(metrics, 'rejected_total{reason="mailbox_payload_too_large"}') == 1
+    assert (await door.stats("t")).depth == 1  # the owner's answer, from the same file
+
+
+async def test_the_door_refuses_what_the_owner_refuses(
+    attached: tuple[MailboxService, AttachedMailbox, Metrics],
+) -> None:
+    _, door, _ = attached
+    for call in (
+        door.send("bad topic", b"x"),
+        door.receive("t", max_messages=0),
+        door.receive("t", wait_s=21),
+        door.ack(["not-a-receipt"]),
+        door.extend([], visibility_s=-1),
+    ):
+        with pytest.raises(RonError) as err:
+            await call
+        assert err.value.code is ErrorCode.BAD_REQUEST

@@ -432,16 +432,79 @@ def test_a_committed_send_survives_sigkill_of_its_process(tmp_path: Path) -> Non
         s.close()
 
 
-def test_one_writer_per_database(tmp_path: Path) -> None:
+def test_one_owner_per_database(tmp_path: Path) -> None:
     path = tmp_path / "mailbox.db"
     first = MailboxStore(path)
     try:
         with pytest.raises(RonError) as err:
             MailboxStore(path)
         assert err.value.code is ErrorCode.UNAVAILABLE
+        with pytest.raises(RonError):
+            MailboxStore(path, shared=True)
+        with pytest.raises(ValueError):
+            MailboxStore(path, owner=False)  # an attached store is always shared
     finally:
         first.close()
     MailboxStore(path).close()  # released with its owner
+
+
+def test_a_shared_file_has_writers_in_several_stores(tmp_path: Path, clock: Clock) -> None:
+    """The owner and attached stores (each would be its own process) share one queue:
+    seqs stay unique and in order, and what one wrote the others lease and settle."""
+    path = tmp_path / "mailbox.db"
+    owner = MailboxStore(path, shared=True, clock=clock)
+    a = MailboxStore(path, shared=True, owner=False, clock=clock)
+    b = MailboxStore(path, shared=True, owner=False, clock=clock)
+    try:
+        ids = send(a, "t", b"1", b"2") + send(b, "t", b"3") + send(owner, "t", b"4")
+        ids += send(a, "t", b"5")
+        got = recv(b, "t", 10)
+        assert [d.payload for d in got] == [b"1", b"2", b"3", b"4", b"5"]
+        assert [d.msg_id for d in got] == ids
+        assert a.ack([parse_receipt(d.receipt) for d in got[:2]])[0].done == 2
+        clock.advance(VIS + 1)  # b's other leases expire; the owner leases one again
+        again = recv(owner, "t", 1)
+        assert again[0].payload == b"3"
+        with pytest.raises(RonError) as err:  # so the receipt b was given is stale
+            b.ack([parse_receipt(got[2].receipt)])
+        assert err.value.code is ErrorCode.CONFLICT
+        assert owner.stats("t", MAXD).in_flight == 1
+        # The same idempotency key seen by another writer is a duplicate there too.
+        first = a.send("t", [Outgoing(b"k", idempotency_key="key")], dedup_window_ms=WINDOW)
+        second = b.send("t", [Outgoing(b"k", idempotency_key="key")], dedup_window_ms=WINDOW)
+        assert second[0].duplicate and second[0].msg_id == first[0].msg_id
+    finally:
+        for s in (a, b, owner):
+            s.close()
+
+
+def test_writers_of_a_shared_file_take_turns_across_processes(tmp_path: Path) -> None:
+    """Two processes send at once into one file: every send lands, each seq once."""
+    path = tmp_path / "mailbox.db"
+    owner = MailboxStore(path, shared=True)
+    code = textwrap.dedent(
+        f"""
+        from pathlib import Path
+        from ron.services.mailbox.model import Outgoing
+        from ron.services.mailbox.store import MailboxStore
+        s = MailboxStore(Path({str(path)!r}), shared=True, owner=False)
+        for i in range(200):
+            s.send("t", [Outgoing(b"x") for _ in range(5)], dedup_window_ms=1000)
+        s.close()
+        """
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(2)]
+    try:
+        for _ in range(100):
+            send(owner, "t", b"o")
+    finally:
+        assert all(p.wait(60) == 0 for p in procs)
+    try:
+        assert owner.count() == 2 * 200 * 5 + 100
+        got = owner.receive("t", 100, VIS, MAXD)[0]
+        assert len(got) == 100
+    finally:
+        owner.close()
 
 
 def test_memory_only_store_writes_nothing(tmp_path: Path, clock: Clock) -> None:

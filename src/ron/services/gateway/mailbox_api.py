@@ -52,7 +52,7 @@ def allow(request: Request, topic: str | None) -> tuple[str, ...] | None:
 
 def routes(ctx: ServiceContext) -> list[BaseRoute]:
     """The mailbox routes of the /v1 app."""
-    get_mailbox = mailbox_of(ctx.peers)
+    get_mailbox = mailbox_of(ctx)
     hot = MailboxHotRoutes(get_mailbox)
     api = _MailboxRoutes(get_mailbox)
     return [

@@ -60,7 +60,7 @@ class GatewayService(Service):
             ready=kernel.ready,
             node_metrics=kernel.metrics_text,
             v1=build_v1_app(ctx),
-            mailbox=MailboxHotRoutes(mailbox_of(ctx.peers)),
+            mailbox=MailboxHotRoutes(mailbox_of(ctx)),
             admission=self.admission,
             guard=self.guard,
             access_log=self.access_log,
@@ -121,6 +121,7 @@ class GatewayService(Service):
         self._settings = config.gateway
         self.admission.reconfigure(config.gateway)
         self.guard.reconfigure(config.caps)
+        await mailbox_of(self._ctx).reconfigure(config)
 
     def degraded(self) -> str | None:
         """Reported to the kernel, so the node's /readyz shows it too."""
@@ -141,6 +142,7 @@ class GatewayService(Service):
             await self._serve
         self.reader.close()
         self.admission.close()
+        mailbox_of(self._ctx).close()
         if self._shares is not None:
             self._shares.close()
         self.access_log.flush()

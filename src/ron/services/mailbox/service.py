@@ -13,7 +13,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -24,6 +24,7 @@ from ron.kernel.config import Config, MailboxConfig
 from ron.proto.envelope import ErrorCode, RonError
 from ron.services.base import Handler, Service, ServiceContext
 from ron.services.mailbox.api import SUBSCRIPTION_POLL_S, MailboxAPI, subscription
+from ron.services.mailbox.bell import BELL_NAME, BellReceiver, BellSender, Rung
 from ron.services.mailbox.jsonwire import deliveries_body
 from ron.services.mailbox.model import (
     MAX_BATCH,
@@ -71,44 +72,120 @@ def _released(topic: str) -> tuple[str, str]:
     return ("released", topic)
 
 
+class Count(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
+
+
+class LabeledCount(Protocol):
+    def labels(self, *values: str) -> Count: ...
+
+
+# The counters an attached process reports to the owner by name (bell.Rung.counts).
+_COUNTERS = {
+    "sent": ("mailbox_sent_total", "Messages stored by SEND."),
+    "duplicates": ("mailbox_duplicates_total", "SENDs answered from the idempotency window."),
+    "delivered": ("mailbox_delivered_total", "Leases handed out."),
+    "redelivered": ("mailbox_redelivered_total", "Leases of messages delivered before."),
+    "acked": ("mailbox_acked_total", "Messages removed by ACK."),
+    "nacked": ("mailbox_nacked_total", "Leases given back by NACK."),
+    "expired": (
+        "mailbox_released_total",
+        "Messages made visible again by lease expiry or delay end.",
+    ),
+    "dead": ("mailbox_dead_lettered_total", "Messages moved to a DLQ."),
+    "redriven": ("mailbox_redriven_total", "Dead letters put back."),
+    "deleted": ("mailbox_deleted_total", "Messages removed by DELETE."),
+    "stale": ("mailbox_stale_receipts_total", "Operations refused with 409."),
+}
+_REJECTED = "rejected"
+
+
 class MailboxService(Service):
-    """Owns the store; every mailbox operation of the node runs here."""
+    """Owns the store; every mailbox operation of the node runs here, or in a gateway
+    worker attached to the same file (:meth:`attached`) that reports to it."""
 
     name = "mailbox"
 
     async def start(self, ctx: ServiceContext) -> None:
         self._cfg: MailboxConfig = ctx.config.mailbox
-        self._store = MailboxStore(mailbox_path(ctx.config), synchronous=self._cfg.synchronous)
+        path = mailbox_path(ctx.config)
+        shared = path is not None and self._cfg.gateway_attach and not ctx.single_process
+        self._store = MailboxStore(path, synchronous=self._cfg.synchronous, shared=shared)
         self._signals = Signals()
         self._timer = DueTimer(self._store.now_ms, self._on_due)
         self._waiters = 0
         self._stopping = False
         m = ctx.metrics
-        self._sent = m.counter("mailbox_sent_total", "Messages stored by SEND.")
-        self._duplicates = m.counter(
-            "mailbox_duplicates_total", "SENDs answered from the idempotency window."
-        )
-        self._delivered = m.counter("mailbox_delivered_total", "Leases handed out.")
-        self._redelivered = m.counter(
-            "mailbox_redelivered_total", "Leases of messages delivered before."
-        )
-        self._acked = m.counter("mailbox_acked_total", "Messages removed by ACK.")
-        self._nacked = m.counter("mailbox_nacked_total", "Leases given back by NACK.")
-        self._expired = m.counter(
-            "mailbox_released_total", "Messages made visible again by lease expiry or delay end."
-        )
-        self._dead = m.counter("mailbox_dead_lettered_total", "Messages moved to a DLQ.")
-        self._redriven = m.counter("mailbox_redriven_total", "Dead letters put back.")
-        self._deleted = m.counter("mailbox_deleted_total", "Messages removed by DELETE.")
-        self._stale = m.counter("mailbox_stale_receipts_total", "Operations refused with 409.")
-        self._rejected = m.rejected_total
+        counters = {key: m.counter(name, help_) for key, (name, help_) in _COUNTERS.items()}
+        self._use_counters(counters, m.rejected_total)
         m.registry.register(_StoreCollector(self))
         for topic, due in self._store.pending_due():
             self._timer.schedule(topic, due)
+        self._bell: BellReceiver | None = None
+        if shared:
+            self._bell = BellReceiver(ctx.run_dir / BELL_NAME, self._on_bell)
+            self._bell.start()
+            m.before_render(self._bell.drain)
         self._tasks = [
             asyncio.create_task(self._timer.run(), name="mailbox-due-timer"),
             asyncio.create_task(self._housekeeping(), name="mailbox-housekeeping"),
         ]
+
+    @classmethod
+    def attached(cls, config: Config, bell: BellSender) -> MailboxService:
+        """This service's rules in another process of the node, on the shared file.
+
+        It serves what needs no waiting (send, a receive's immediate lease, ack, nack,
+        extend); what it would have signalled, scheduled or counted is rung to the
+        owner instead (:mod:`~ron.services.mailbox.bell`), which alone has waiters, a
+        timer and the metrics.
+        """
+        path = mailbox_path(config)
+        if path is None:
+            raise ValueError("a memory-only mailbox cannot be attached to")
+        self = cls()
+        self._cfg = config.mailbox
+        self._store = MailboxStore(
+            path, synchronous=self._cfg.synchronous, shared=True, owner=False
+        )
+        self._signals = _RungSignals(bell)
+        self._timer = _RungTimer(bell, self._store.now_ms)
+        self._waiters = 0
+        self._stopping = False
+        counters = {key: _RungCount(bell, key) for key in _COUNTERS}
+        self._use_counters(counters, _RungCount(bell, _REJECTED))
+        self._bell = None
+        self._tasks = []
+        return self
+
+    def close_attached(self) -> None:
+        """Release an attached instance's file (the owner's goes in :meth:`stop`)."""
+        self._store.close()
+
+    def _use_counters(self, c: Mapping[str, Count], rejected: LabeledCount) -> None:
+        self._sent, self._duplicates = c["sent"], c["duplicates"]
+        self._delivered, self._redelivered = c["delivered"], c["redelivered"]
+        self._acked, self._nacked, self._expired = c["acked"], c["nacked"], c["expired"]
+        self._dead, self._redriven, self._deleted = c["dead"], c["redriven"], c["deleted"]
+        self._stale = c["stale"]
+        self._rejected = rejected
+        self._by_name = dict(c)
+
+    def _on_bell(self, rung: Rung) -> None:
+        """Apply an attached process's news: wake, schedule, count."""
+        if rung.everything:
+            self._signals.notify_all()
+            for topic, due in self._store.pending_due():
+                self._timer.schedule(topic, due)
+        for key in rung.notify:
+            self._signals.notify(key)
+        for topic, due in rung.due.items():
+            self._timer.schedule(topic, due)
+        for (name, label), n in rung.counts.items():
+            if name == _REJECTED and label.startswith("mailbox_"):
+                self._rejected.labels(label).inc(n)
+            elif (counter := self._by_name.get(name)) is not None and not label:
+                counter.inc(n)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -118,6 +195,9 @@ class MailboxService(Service):
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._bell is not None:
+            self._bell.drain()
+            self._bell.close()
         self._store.close()
 
     async def reconfigure(self, config: Config) -> None:
@@ -277,6 +357,26 @@ class MailboxService(Service):
         self._check_topics(parsed, topics)
         return await self._receive(topic, parsed, max_messages, visibility_s, wait_s)
 
+    async def lease_now(
+        self,
+        topic: str,
+        *,
+        max_messages: int = 1,
+        visibility_s: float | None = None,
+        wait_s: float = 0.0,
+        ack: Sequence[str] = (),
+        topics: Sequence[str] | None = None,
+    ) -> tuple[Settled, list[Delivery]]:
+        """A receive's part that needs no waiting: every check (``wait_s`` included),
+        the acks, and the lease of what is there now. An attached process serves this
+        and leaves any wait to the owner."""
+        parsed = parse_receipts(list(ack), limit=MAX_BATCH) if ack else ()
+        if parsed:
+            self._check_topics(parsed, topics)
+        return await self._receive(
+            topic, parsed, max_messages, visibility_s, wait_s, may_wait=False
+        )
+
     async def _receive(
         self,
         topic: str,
@@ -284,13 +384,15 @@ class MailboxService(Service):
         max_messages: int,
         visibility_s: float | None,
         wait_s: float,
+        *,
+        may_wait: bool = True,
     ) -> tuple[Settled, list[Delivery]]:
         check_topic(topic)
         limit = check_count(max_messages, "max", 1, MAX_RECEIVE)
         vis = self._visibility_ms(visibility_s)
         wait = min(check_seconds(wait_s, "wait_s", 0, MAX_WAIT_S), self._cfg.max_wait_s)
         settled, got = self._lease_acking(topic, limit, vis, ack)
-        if got or wait <= 0 or self._stopping:
+        if got or wait <= 0 or self._stopping or not may_wait:
             return settled, got
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
@@ -605,6 +707,49 @@ def _list(args: dict[str, Any], key: str, *, required: bool = True) -> list[str]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise RonError(ErrorCode.BAD_REQUEST, f"{key} must be a list of strings")
     return value
+
+
+class _RungSignals(Signals):
+    """Signals of an attached process: nobody waits here; the owner's waiters are
+    woken by the bell."""
+
+    def __init__(self, bell: BellSender) -> None:
+        super().__init__()
+        self._bell = bell
+
+    def notify(self, key: Any) -> None:
+        kind, topic = key
+        self._bell.notify(kind, topic)
+
+
+class _RungTimer(DueTimer):
+    """The timer of an attached process: schedules go to the owner's timer. It never
+    knows whether something is due, so receives here always release what is."""
+
+    def __init__(self, bell: BellSender, clock_ms: Any) -> None:
+        super().__init__(clock_ms, lambda topic: None)
+        self._bell = bell
+
+    def schedule(self, topic: str, at_ms: int) -> None:
+        self._bell.due(topic, at_ms)
+
+    def scheduled(self, topic: str) -> int | None:
+        return 0
+
+
+class _RungCount:
+    """A counter of an attached process, counted by the owner."""
+
+    def __init__(self, bell: BellSender, name: str, label: str = "") -> None:
+        self._bell = bell
+        self._name = name
+        self._label = label
+
+    def inc(self, amount: float = 1) -> None:
+        self._bell.count(self._name, amount, self._label)
+
+    def labels(self, *values: str) -> _RungCount:
+        return _RungCount(self._bell, self._name, values[0])
 
 
 class _StoreCollector(Collector):

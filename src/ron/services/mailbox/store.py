@@ -1,10 +1,18 @@
-"""The mailbox's durable state: one SQLite file (WAL), one writer.
+"""The mailbox's durable state: one SQLite file (WAL), one owner, writers in turn.
 
-Only the mailbox service process opens the file (an exclusive ``flock`` next to it
-makes a second writer fail fast instead of corrupting assumptions), and every
-operation is one transaction committed before the caller is answered. With WAL, a
-commit has reached the OS once ``COMMIT`` returns, so the death of any process, the
-mailbox's own SIGKILL included, loses nothing that was acknowledged.
+The mailbox service process owns the file (an exclusive ``flock`` on ``<db>.lock``
+makes a second node's mailbox on the same file fail fast). Every operation is one
+transaction committed before the caller is answered. With WAL, a commit has reached
+the OS once ``COMMIT`` returns, so the death of any process, the writer's own SIGKILL
+included, loses nothing that was acknowledged.
+
+``shared``: other processes of the node (the gateway workers, see
+:mod:`~ron.services.mailbox.attached`) may open the same file and write to it too.
+Writers then take turns on a second ``flock`` (``<db>.wlock``) around each write
+transaction: the kernel wakes the next writer the moment the lock is free, where
+SQLite's own busy handler would sleep whole milliseconds between retries. Without
+``shared`` the owner keeps the file in exclusive locking mode (the WAL index in heap
+memory, no file locks per transaction), for nodes that route every operation to it.
 
 ``synchronous``: ``normal`` (default) does not fsync on every commit, only at
 checkpoints; a power loss or kernel crash can drop the last commits, never corrupt the
@@ -128,22 +136,35 @@ class MailboxStore:
         *,
         synchronous: str = "normal",
         clock: Callable[[], int] = wall_ms,
+        shared: bool = False,
+        owner: bool = True,
     ) -> None:
         if synchronous not in ("normal", "full"):
             raise ValueError("synchronous must be normal or full")
         self.path = path
         self._clock = clock
         self._lock_fd: int | None = None
+        self._write_fd: int | None = None
         if path is None:
             self._db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._lock_fd = _exclusive_lock(path.with_name(path.name + ".lock"))
+            if owner:
+                self._lock_fd = _exclusive_lock(path.with_name(path.name + ".lock"))
+            elif not shared:
+                raise ValueError("only the owner may open the file unshared")
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            # Exclusive before WAL: with one writer and no readers in other processes,
-            # SQLite keeps the WAL index in heap memory and takes no file locks per
-            # transaction (a quarter of a small transaction's cost).
-            self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            if shared:
+                self._write_fd = os.open(
+                    path.with_name(path.name + ".wlock"), os.O_RDWR | os.O_CREAT, 0o600
+                )
+                # Only a backstop: writers queue on the write lock, never on SQLite's.
+                self._db.execute("PRAGMA busy_timeout=10000")
+            else:
+                # Exclusive before WAL: with one writer and no readers in other
+                # processes, SQLite keeps the WAL index in heap memory and takes no file
+                # locks per transaction (a quarter of a small transaction's cost).
+                self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
             self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
         self._db.execute("PRAGMA temp_store=MEMORY")
@@ -158,31 +179,48 @@ class MailboxStore:
         self._db.executescript(SCHEMA)
         self._ids = UlidSource()
         # The highest seq ever stored while this store has been open: only ``send``
-        # inserts, and this process is the only writer, so the next seq is known
-        # without asking (and a seq freed by an ack is never handed out again).
-        self._last_seq = int(
-            self._db.execute("SELECT IFNULL(MAX(seq), 0) FROM messages").fetchone()[0]
-        )
+        # inserts, so a sole writer knows the next seq without asking (and a seq freed
+        # by an ack is never handed out again by this store). A shared file's other
+        # writers insert too: ``send`` then also reads the file's highest seq.
+        self._last_seq = self._max_seq(self._db)
+
+    @staticmethod
+    def _max_seq(db: sqlite3.Connection) -> int:
+        return int(db.execute("SELECT IFNULL(MAX(seq), 0) FROM messages").fetchone()[0])
 
     def close(self) -> None:
         self._db.close()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        for fd in (self._lock_fd, self._write_fd):
+            if fd is not None:
+                os.close(fd)
+        self._lock_fd = self._write_fd = None
 
     def now_ms(self) -> int:
         return self._clock()
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; on a shared file, in its turn among the writers.
+
+        The write lock is taken blocking, on the event loop's thread: a turn lasts one
+        short transaction (every operation is bounded), and a process holding it is
+        never waiting for anything else. A writer's death releases it.
+        """
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
+        fd = self._write_fd
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
         try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        finally:
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_UN)
 
     # ---- send ------------------------------------------------------------------------
 
@@ -197,8 +235,10 @@ class MailboxStore:
         bodies: list[tuple[int, str, bytes]] = []
         keys: list[tuple[str, str, str, int]] = []
         ids = iter(self._ids.take(len(entries)))
-        seq = self._last_seq
         with self._tx() as db:
+            seq = self._last_seq
+            if self._write_fd is not None:
+                seq = max(seq, self._max_seq(db))
             seen = self._seen_keys(db, topic, entries, now)  # key -> msg_id, kept or new
             for entry in entries:
                 key = entry.idempotency_key
@@ -647,7 +687,7 @@ def _delivery(topic: str, row: tuple[Any, ...], token: str) -> Delivery:
 
 
 def _exclusive_lock(path: Path) -> int:
-    """Hold an exclusive lock for the life of the store: one writer per file, ever."""
+    """Hold an exclusive lock for the life of the store: one owner per file, ever."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
