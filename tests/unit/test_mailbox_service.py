@@ -30,7 +30,7 @@ from ron.services.mailbox.model import (
     entry_budget,
 )
 from ron.services.mailbox.receipts import new_tokens, parse_receipt, parse_receipts
-from ron.services.mailbox.service import MailboxService
+from ron.services.mailbox.service import MailboxService, mailbox_counters
 from ron.services.mailbox.wakeups import DueTimer, Signals
 from support.waiting import wait_until
 
@@ -313,10 +313,12 @@ async def attached(
     """The owner as the mailbox process runs it, and a door as a gateway worker holds
     it (the owner is reached in-process here instead of over IPC; the bell is real)."""
     config = Config(data_dir=tmp_path, mailbox=MailboxConfig(max_payload_bytes=1000))
-    metrics = Metrics()
     owner = MailboxService()
-    await owner.start(ServiceContext("mailbox", config, metrics, tmp_path, tmp_path, None))  # type: ignore[arg-type]
-    door = AttachedMailbox(config, tmp_path, owner)
+    await owner.start(ServiceContext("mailbox", config, Metrics(), tmp_path, tmp_path, None))  # type: ignore[arg-type]
+    metrics = Metrics()  # the worker's own
+    door = AttachedMailbox(
+        config, tmp_path, owner, mailbox_counters(metrics), metrics.rejected_total
+    )
     yield owner, door, metrics
     door.close()
     await owner.stop()
@@ -342,20 +344,29 @@ async def test_an_attached_send_wakes_a_receive_waiting_at_the_owner(
     assert time.monotonic() - t0 < 5
 
 
+@pytest.mark.parametrize("waiting_first", [False, True], ids=["lease_first", "waiter_first"])
 async def test_a_lease_taken_at_the_door_expires_into_a_receive_waiting_at_the_owner(
-    attached: tuple[MailboxService, AttachedMailbox, Metrics],
+    attached: tuple[MailboxService, AttachedMailbox, Metrics], waiting_first: bool
 ) -> None:
+    """Whether the owner's waiter came before the lease (the lease is rung) or after it
+    (the waiter asks the file when the topic's next lease ends)."""
     owner, door, _ = attached
     await door.send("t", b"work")
+    elsewhere = asyncio.create_task(owner.receive("other", wait_s=10)) if waiting_first else None
+    if elsewhere is not None:
+        await wait_until(lambda: owner.waiters() == 1, 5)
     first = await door.receive("t", visibility_s=0.3)
     assert [d.payload for d in first] == [b"work"]
     t0 = time.monotonic()
-    again = await owner.receive("t", wait_s=10)  # the owner's timer heard of that lease
+    again = await owner.receive("t", wait_s=10)
     assert [(d.payload, d.delivery_count) for d in again] == [(b"work", 2)]
     assert time.monotonic() - t0 < 5
+    if elsewhere is not None:
+        await door.send("other", b"done")
+        assert len(await asyncio.wait_for(elsewhere, 5)) == 1
 
 
-async def test_the_owner_counts_what_the_door_did(
+async def test_the_door_counts_what_it_did(
     attached: tuple[MailboxService, AttachedMailbox, Metrics],
 ) -> None:
     _, door, metrics = attached
@@ -367,7 +378,6 @@ async def test_the_owner_counts_what_the_door_did(
     with pytest.raises(RonError) as err:
         await door.send("t", b"x" * 1001)
     assert err.value.code is ErrorCode.PAYLOAD_TOO_LARGE
-    # Read right after the replies, as a scrape would be: nothing is missing.
     assert settled.done == 1
     assert _sample(metrics, "mailbox_sent_total") == 2
     assert _sample(metrics, "mailbox_duplicates_total") == 1

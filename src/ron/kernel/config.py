@@ -261,9 +261,10 @@ class MailboxConfig:
     max_wait_s: float = 20.0
     max_waiters: int = 128
     subscribe_max_unacked: int = 10
-    # Gateway workers serve send, receive (what is there now), ack, nack and extend
-    # against the file themselves instead of through the mailbox process (a hop less).
-    gateway_attach: bool = True
+    # Front ends (gateway workers, OAP servers) serve send, receive (what is there now),
+    # ack, nack and extend against the file themselves instead of through the mailbox
+    # process (a hop less).
+    attach: bool = True
 
     def __post_init__(self) -> None:
         import re

@@ -24,14 +24,10 @@ from ron.proto.envelope import ErrorCode, RonError
 from ron.services.base import ServiceContext
 from ron.services.gateway.asgi import Receive, Scope, Send
 from ron.services.gateway.bodies import UnreadBody, json_int, read_object
-from ron.services.gateway.mailbox_hot import (
-    HotHandler,
-    MailboxHotRoutes,
-    authorize,
-    mailbox_of,
-)
+from ron.services.gateway.mailbox_hot import HotHandler, MailboxHotRoutes, authorize
 from ron.services.gateway.v1 import corr_id_of, error_response
 from ron.services.mailbox.api import MailboxAPI, follow
+from ron.services.mailbox.attached import mailbox_of
 from ron.services.mailbox.jsonwire import dead_letter_json, delivery_json
 from ron.services.mailbox.model import SubscriptionPoll
 

@@ -16,16 +16,12 @@ envelope.
 
 from __future__ import annotations
 
-import dataclasses
-import weakref
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from ron.auth.guard import Guard
 from ron.auth.verifier import Grant
-from ron.kernel.config import MAILBOX_HARD_MAX_PAYLOAD, Config
+from ron.kernel.config import MAILBOX_HARD_MAX_PAYLOAD
 from ron.proto.envelope import ErrorCode, RonError
-from ron.services.base import ServiceContext
 from ron.services.gateway.asgi import Receive, Scope, Send
 from ron.services.gateway.bodies import (
     json_int,
@@ -37,7 +33,6 @@ from ron.services.gateway.bodies import (
     until_disconnect,
 )
 from ron.services.mailbox.api import MailboxAPI
-from ron.services.mailbox.attached import AttachedMailbox, can_attach
 from ron.services.mailbox.jsonwire import (
     batch_from_body,
     receipts_from_json,
@@ -207,60 +202,3 @@ class MailboxHotRoutes:
 
 def _settled(verb: str, done: int, gone: int) -> bytes:
     return f'{{"{verb}":{int(done)},"gone":{int(gone)}}}'.encode()
-
-
-class MailboxOf:
-    """The mailbox as this gateway process reaches it, looked up per request (it may be
-    enabled by a reload): attached to the shared file when the node allows it
-    (:mod:`~ron.services.mailbox.attached`), else the peer itself."""
-
-    def __init__(self, ctx: ServiceContext) -> None:
-        self._ctx = ctx
-        self._config = ctx.config
-        self._peer: object = None
-        self._attached: AttachedMailbox | None = None
-
-    def __call__(self) -> MailboxAPI:
-        try:
-            peer: MailboxAPI = self._ctx.peers.get("mailbox")
-        except KeyError:
-            raise RonError(
-                ErrorCode.NOT_FOUND, "the mailbox service is not enabled on this node"
-            ) from None
-        if peer is self._peer and self._attached is not None:
-            return self._attached
-        if not can_attach(self._config, peer):
-            return peer
-        self.close()
-        self._attached = AttachedMailbox(self._config, self._ctx.run_dir, peer)
-        self._peer = peer
-        return self._attached
-
-    async def reconfigure(self, config: Config) -> None:
-        """Limits follow reloads; whether to attach is read once, at start."""
-        self._config = dataclasses.replace(
-            config,
-            mailbox=dataclasses.replace(
-                config.mailbox, gateway_attach=self._ctx.config.mailbox.gateway_attach
-            ),
-        )
-        if self._attached is not None:
-            await self._attached.reconfigure(self._config)
-
-    def close(self) -> None:
-        if self._attached is not None:
-            self._attached.close()
-            self._attached = None
-            self._peer = None
-
-
-_MAILBOXES: weakref.WeakKeyDictionary[Any, MailboxOf] = weakref.WeakKeyDictionary()
-
-
-def mailbox_of(ctx: ServiceContext) -> MailboxOf:
-    """The one :class:`MailboxOf` of this gateway process (hot routes and /v1 routes
-    share it, and so its attachment)."""
-    found = _MAILBOXES.get(ctx.peers)
-    if found is None:
-        found = _MAILBOXES[ctx.peers] = MailboxOf(ctx)
-    return found

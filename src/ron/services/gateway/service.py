@@ -20,10 +20,11 @@ from ron.services.gateway.admission import Admission
 from ron.services.gateway.app import GatewayApp
 from ron.services.gateway.balance import BalancedServer, ConnectionShares
 from ron.services.gateway.fastlane import fast_lane
-from ron.services.gateway.mailbox_hot import MailboxHotRoutes, mailbox_of
+from ron.services.gateway.mailbox_hot import MailboxHotRoutes
 from ron.services.gateway.protocol import guarded_protocol
 from ron.services.gateway.v1 import build_v1_app
 from ron.services.index.service import index_path
+from ron.services.mailbox.attached import mailbox_of
 from ron.services.overlay.reader import ContentReader, QuarantineReporter
 from ron.services.registry import worker_counts, worker_slot
 from ron.services.storage.store import ObjectStore

@@ -6,12 +6,14 @@ The hop (framing, two socket writes, two wake-ups, a second event loop turn) cos
 much as the transaction itself. Here the worker runs the mailbox's own rules
 (:meth:`MailboxService.attached`) against the same SQLite file for what needs no
 waiting: send, a receive's immediate lease (with its acks), ack, nack and extend. It
-is the same code, so every door refuses the same things with the same codes.
+is the same code, so every door refuses the same things with the same codes; the work
+is counted in this process's ``mailbox_*`` counters (the node's /metrics sums every
+process's).
 
 What needs the owner stays with it, over IPC: a receive that found nothing and may
 wait (the owner holds the waiters and is rung when anything arrives), subscriptions,
-DELETE, stats, dead letters and redrive. The owner also hears, through the bell, about
-every lease taken here (for its expiry timer) and every count (for the metrics).
+DELETE, stats, dead letters and redrive. While the owner has waiters, it hears through
+the bell of every send, release and lease committed here (:mod:`~ron.services.mailbox.bell`).
 
 Crash safety is the file's: each operation is one transaction committed before the
 reply, writers take turns on the file's write lock, and a worker killed mid-operation
@@ -20,13 +22,20 @@ leaves an uncommitted transaction that SQLite discards.
 
 from __future__ import annotations
 
+import dataclasses
+import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+from prometheus_client import Counter
 
 from ron.kernel.config import Config
+from ron.proto.envelope import ErrorCode, RonError
+from ron.services.base import ServiceContext
 from ron.services.mailbox.api import SUBSCRIPTION_POLL_S, MailboxAPI, subscription
-from ron.services.mailbox.bell import BELL_NAME, BellSender
+from ron.services.mailbox.bell import BellSender
 from ron.services.mailbox.jsonwire import deliveries_body
 from ron.services.mailbox.model import (
     DeadLetterPage,
@@ -37,7 +46,13 @@ from ron.services.mailbox.model import (
     SubscriptionPoll,
     TopicStats,
 )
-from ron.services.mailbox.service import MailboxService, mailbox_path
+from ron.services.mailbox.service import (
+    Count,
+    LabeledCount,
+    MailboxService,
+    mailbox_counters,
+    mailbox_path,
+)
 
 
 def can_attach(config: Config, peer: object) -> bool:
@@ -46,7 +61,7 @@ def can_attach(config: Config, peer: object) -> bool:
     from ron.services.mailbox.service import MailboxClient
 
     return (
-        config.mailbox.gateway_attach
+        config.mailbox.attach
         and mailbox_path(config) is not None
         and isinstance(peer, MailboxClient)
     )
@@ -55,9 +70,16 @@ def can_attach(config: Config, peer: object) -> bool:
 class AttachedMailbox:
     """MailboxAPI for a gateway worker: local where it can be, the owner's otherwise."""
 
-    def __init__(self, config: Config, run_dir: Path, owner: MailboxAPI) -> None:
-        self._bell = BellSender(run_dir / BELL_NAME)
-        self._local = MailboxService.attached(config, self._bell)
+    def __init__(
+        self,
+        config: Config,
+        run_dir: Path,
+        owner: MailboxAPI,
+        counters: Mapping[str, Count],
+        rejected: LabeledCount,
+    ) -> None:
+        self._bell = BellSender(run_dir)
+        self._local = MailboxService.attached(config, self._bell, counters, rejected)
         self._owner = owner
 
     async def reconfigure(self, config: Config) -> None:
@@ -69,8 +91,7 @@ class AttachedMailbox:
 
     @contextmanager
     def _ringing(self) -> Iterator[None]:
-        """Ring the owner with the operation's news, whether it succeeded or not
-        (a refusal is counted too)."""
+        """Ring the owner with the operation's news once it is committed (or failed)."""
         try:
             yield
         finally:
@@ -211,6 +232,70 @@ class AttachedMailbox:
         self, topic: str, *, msg_ids: Sequence[str] | None = None, limit: int = 1000
     ) -> int:
         return await self._owner.redrive(topic, msg_ids=msg_ids, limit=limit)
+
+
+class MailboxOf:
+    """The mailbox as a front end's process (a gateway worker, an OAP server) reaches
+    it, looked up per request (it may be enabled by a reload): attached to the shared
+    file when the node allows it, else the peer itself."""
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        self._ctx = ctx
+        self._config = ctx.config
+        self._peer: object = None
+        self._attached: AttachedMailbox | None = None
+        self._counters: dict[str, Counter] | None = None  # made once: one registry
+
+    def __call__(self) -> MailboxAPI:
+        try:
+            peer: MailboxAPI = self._ctx.peers.get("mailbox")
+        except KeyError:
+            raise RonError(
+                ErrorCode.NOT_FOUND, "the mailbox service is not enabled on this node"
+            ) from None
+        if peer is self._peer and self._attached is not None:
+            return self._attached
+        if not can_attach(self._config, peer):
+            return peer
+        self.close()
+        if self._counters is None:
+            self._counters = mailbox_counters(self._ctx.metrics)
+        self._attached = AttachedMailbox(
+            self._config,
+            self._ctx.run_dir,
+            peer,
+            self._counters,
+            self._ctx.metrics.rejected_total,
+        )
+        self._peer = peer
+        return self._attached
+
+    async def reconfigure(self, config: Config) -> None:
+        """Limits follow reloads; whether to attach is read once, at start."""
+        self._config = dataclasses.replace(
+            config,
+            mailbox=dataclasses.replace(config.mailbox, attach=self._ctx.config.mailbox.attach),
+        )
+        if self._attached is not None:
+            await self._attached.reconfigure(self._config)
+
+    def close(self) -> None:
+        if self._attached is not None:
+            self._attached.close()
+            self._attached = None
+            self._peer = None
+
+
+_MAILBOXES: weakref.WeakKeyDictionary[Any, MailboxOf] = weakref.WeakKeyDictionary()
+
+
+def mailbox_of(ctx: ServiceContext) -> MailboxOf:
+    """The one :class:`MailboxOf` of this process (a gateway's hot routes and /v1 routes
+    share it, and so its attachment)."""
+    found = _MAILBOXES.get(ctx.peers)
+    if found is None:
+        found = _MAILBOXES[ctx.peers] = MailboxOf(ctx)
+    return found
 
 
 def _conforms(attached: AttachedMailbox) -> MailboxAPI:

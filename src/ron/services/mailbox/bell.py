@@ -1,23 +1,24 @@
-"""The mailbox's doorbell: what a process that worked on the shared file tells the owner.
+"""The mailbox's bell: how a process working on the shared file wakes the owner's waiters.
 
 Gateway workers serve the mailbox's immediate operations against the shared SQLite
-file themselves (:mod:`~ron.services.mailbox.attached`). Three things only the owner
-(the mailbox service process) can do must still hear about that work:
+file themselves (:mod:`~ron.services.mailbox.attached`). Long-poll receivers and
+subscriptions wait only in the owner (the mailbox service process), so when a worker
+commits something they may be waiting for (a send, a NACK, an ACK that made room, a
+lease whose expiry they must see), the owner must hear of it.
 
-- wake long-poll receivers and subscriptions waiting on a topic (a send, a NACK, an
-  ACK that made room);
-- schedule its timer for leases and delays taken elsewhere, so that their expiry
-  wakes those waiters too;
-- count the work in the node's ``mailbox_*`` metrics, which live in its process.
+Most of the time nobody waits: a busy consumer finds messages on its first attempt. So
+the owner keeps a count of its waiters in a small shared file (``mailbox.waiting``,
+memory-mapped by every process) and a worker rings only while it is not zero. The
+order makes that safe: the owner raises the count *before* its first attempt to lease,
+and a worker reads it *after* its commit, so either the owner's attempt sees the commit
+or the worker sees the waiter. A waiter that starts later also asks the file when the
+topic's next lease ends, since leases taken while nobody waited were not rung.
 
-Each operation's news leaves as one datagram on a Unix socket (``mailbox.bell`` in the
-node's run dir, mode 0700): no reply, no connection, about as costly as one
-``sendto``. News is coalesced per topic. When the owner's queue is full, the news is
-kept and sent again shortly; when the owner is not there (restarting), it is dropped,
-because a restarted owner has no waiters yet and rebuilds its timer from the file.
-
-The owner reads the datagrams on its event loop, and again synchronously before each
-metrics scrape, so a scrape taken after a reply to any operation counts it.
+News leaves as one datagram per operation on a Unix socket (``mailbox.bell``, in the
+node's run dir, mode 0700): no reply, no connection, one ``sendto``. It is coalesced
+per topic. When the owner's queue is full, the news is kept and sent again shortly;
+when the owner is not there (restarting), it is dropped: a restarted owner has no
+waiters yet.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import mmap
 import os
 import socket
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,8 @@ import msgpack
 log = logging.getLogger("ron.mailbox")
 
 BELL_NAME = "mailbox.bell"
+WAITING_NAME = "mailbox.waiting"
+_COUNT = 8  # bytes of the waiter count (native-endian int64)
 # Past this many distinct topics in one datagram the news is "look at everything":
 # the owner wakes every waiter and rescans its timer (rare; keeps datagrams small).
 MAX_TOPICS = 1024
@@ -51,20 +54,14 @@ class Rung:
 
     notify: set[tuple[str, str]] = field(default_factory=set)  # (signal kind, topic)
     due: dict[str, int] = field(default_factory=dict)  # topic -> earliest wall ms
-    counts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (name, label)
     everything: bool = False
 
     def empty(self) -> bool:
-        return not (self.notify or self.due or self.counts or self.everything)
+        return not (self.notify or self.due or self.everything)
 
     def encode(self) -> bytes:
         data: bytes = msgpack.packb(
-            [
-                self.everything,
-                [list(k) for k in self.notify],
-                list(self.due.items()),
-                [[n, label, c] for (n, label), c in self.counts.items()],
-            ]
+            [self.everything, [list(k) for k in self.notify], list(self.due.items())]
         )
         return data
 
@@ -72,14 +69,12 @@ class Rung:
     def decode(data: bytes) -> Rung:
         """Strict: a datagram of any other shape raises ValueError."""
         try:
-            every, notify, due, counts = msgpack.unpackb(data, strict_map_key=True)
+            every, notify, due = msgpack.unpackb(data, strict_map_key=True)
             rung = Rung(everything=bool(every))
             for kind, topic in notify:
                 rung.notify.add((_text(kind), _text(topic)))
             for topic, at in due:
                 rung.due[_text(topic)] = _int(at)
-            for name, label, n in counts:
-                rung.counts[(_text(name), _text(label))] += _int(n)
         except (TypeError, ValueError, msgpack.UnpackException) as exc:
             raise ValueError(f"bad bell datagram: {type(exc).__name__}") from None
         return rung
@@ -97,16 +92,72 @@ def _int(v: Any) -> int:
     return v
 
 
+class WaitingCount:
+    """The owner's number of waiters, in a memory-mapped file every process can read.
+
+    The owner creates it and is its only writer; the file keeps its inode across owner
+    restarts (it is reset, never replaced), so a reader's mapping stays the live one.
+    """
+
+    def __init__(self, path: Path, *, owner: bool) -> None:
+        self._path = path
+        self._map: mmap.mmap | None = None
+        self._count = 0
+        if owner:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                os.ftruncate(fd, _COUNT)
+                self._map = mmap.mmap(fd, _COUNT)
+            finally:
+                os.close(fd)
+            self._write()
+
+    def _write(self) -> None:
+        assert self._map is not None
+        self._map[:_COUNT] = self._count.to_bytes(_COUNT, "little")
+
+    def up(self) -> None:
+        self._count += 1
+        self._write()
+
+    def down(self) -> None:
+        self._count -= 1
+        self._write()
+
+    def any(self) -> bool:
+        """Whether the owner has waiters; True while that cannot be known (no file yet:
+        the ring then goes nowhere or finds an owner that has just started)."""
+        if self._map is None:
+            try:
+                fd = os.open(self._path, os.O_RDONLY)
+            except FileNotFoundError:
+                return True
+            try:
+                if os.fstat(fd).st_size < _COUNT:
+                    return True
+                self._map = mmap.mmap(fd, _COUNT, prot=mmap.PROT_READ)
+            finally:
+                os.close(fd)
+        return self._map[:_COUNT] != bytes(_COUNT)
+
+    def close(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+
+
 class BellSender:
     """Collects an operation's news and rings the owner with it (:meth:`ring`)."""
 
-    def __init__(self, path: Path) -> None:
-        self._path = str(path)
+    def __init__(self, run_dir: Path) -> None:
+        self._path = str(run_dir / BELL_NAME)
+        self._waiting = WaitingCount(run_dir / WAITING_NAME, owner=False)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.setblocking(False)
         self._pending = Rung()
         self._retry: asyncio.TimerHandle | None = None
         self.dropped = 0
+        self.rung = 0
 
     def notify(self, kind: str, topic: str) -> None:
         self._pending.notify.add((kind, topic))
@@ -118,9 +169,6 @@ class BellSender:
             self._pending.due[topic] = at_ms
             self._bound()
 
-    def count(self, name: str, amount: float = 1, label: str = "") -> None:
-        self._pending.counts[(name, label)] += int(amount)
-
     def _bound(self) -> None:
         p = self._pending
         if len(p.notify) + len(p.due) > MAX_TOPICS:
@@ -129,11 +177,16 @@ class BellSender:
             p.everything = True
 
     def ring(self) -> None:
-        """Send what is pending now; kept for a retry while the owner's queue is full."""
+        """Send what is pending now, if anyone waits (call after the commit); kept for
+        a retry while the owner's queue is full."""
         if self._pending.empty() or self._retry is not None:
+            return
+        if not self._waiting.any():
+            self._pending = Rung()  # nobody to wake; a later waiter asks the file
             return
         try:
             self._sock.sendto(self._pending.encode(), self._path)
+            self.rung += 1
         except BlockingIOError:
             self._retry = asyncio.get_running_loop().call_later(RETRY_S, self._again)
             return
@@ -152,14 +205,16 @@ class BellSender:
             self._retry.cancel()
             self._retry = None
         self._sock.close()
+        self._waiting.close()
 
 
 class BellReceiver:
-    """The owner's end: bound in the run dir, read on the loop and before scrapes."""
+    """The owner's end: bound in the run dir, read on its loop; holds the waiter count."""
 
-    def __init__(self, path: Path, apply: Callable[[Rung], None]) -> None:
-        self._path = path
+    def __init__(self, run_dir: Path, apply: Callable[[Rung], None]) -> None:
+        path = self._path = run_dir / BELL_NAME
         self._apply = apply
+        self.waiting = WaitingCount(run_dir / WAITING_NAME, owner=True)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # a previous owner's, dead
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -197,3 +252,4 @@ class BellReceiver:
         self._sock.close()
         with contextlib.suppress(FileNotFoundError):
             self._path.unlink()
+        self.waiting.close()

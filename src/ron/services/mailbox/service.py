@@ -15,16 +15,18 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ron.auth.caveats import topic_allowed
 from ron.ipc import CallContext, IpcClient
 from ron.kernel.config import Config, MailboxConfig
+from ron.kernel.metrics import Metrics
 from ron.proto.envelope import ErrorCode, RonError
 from ron.services.base import Handler, Service, ServiceContext
 from ron.services.mailbox.api import SUBSCRIPTION_POLL_S, MailboxAPI, subscription
-from ron.services.mailbox.bell import BELL_NAME, BellReceiver, BellSender, Rung
+from ron.services.mailbox.bell import BellReceiver, BellSender, Rung
 from ron.services.mailbox.jsonwire import deliveries_body
 from ron.services.mailbox.model import (
     MAX_BATCH,
@@ -80,7 +82,6 @@ class LabeledCount(Protocol):
     def labels(self, *values: str) -> Count: ...
 
 
-# The counters an attached process reports to the owner by name (bell.Rung.counts).
 _COUNTERS = {
     "sent": ("mailbox_sent_total", "Messages stored by SEND."),
     "duplicates": ("mailbox_duplicates_total", "SENDs answered from the idempotency window."),
@@ -97,7 +98,12 @@ _COUNTERS = {
     "deleted": ("mailbox_deleted_total", "Messages removed by DELETE."),
     "stale": ("mailbox_stale_receipts_total", "Operations refused with 409."),
 }
-_REJECTED = "rejected"
+
+
+def mailbox_counters(metrics: Metrics) -> dict[str, Counter]:
+    """The mailbox's counters in ``metrics``: the owner's, or an attached process's
+    (each process counts the work it did; the node's /metrics sums them per family)."""
+    return {key: metrics.counter(name, help_) for key, (name, help_) in _COUNTERS.items()}
 
 
 class MailboxService(Service):
@@ -109,36 +115,39 @@ class MailboxService(Service):
     async def start(self, ctx: ServiceContext) -> None:
         self._cfg: MailboxConfig = ctx.config.mailbox
         path = mailbox_path(ctx.config)
-        shared = path is not None and self._cfg.gateway_attach and not ctx.single_process
+        shared = path is not None and self._cfg.attach and not ctx.single_process
         self._store = MailboxStore(path, synchronous=self._cfg.synchronous, shared=shared)
         self._signals = Signals()
         self._timer = DueTimer(self._store.now_ms, self._on_due)
         self._waiters = 0
         self._stopping = False
         m = ctx.metrics
-        counters = {key: m.counter(name, help_) for key, (name, help_) in _COUNTERS.items()}
-        self._use_counters(counters, m.rejected_total)
+        self._use_counters(mailbox_counters(m), m.rejected_total)
         m.registry.register(_StoreCollector(self))
         for topic, due in self._store.pending_due():
             self._timer.schedule(topic, due)
+        # Shared: leases taken elsewhere are not all known to the timer, so every
+        # receive releases what is due itself (one index range, usually empty).
+        self._always_release = shared
         self._bell: BellReceiver | None = None
         if shared:
-            self._bell = BellReceiver(ctx.run_dir / BELL_NAME, self._on_bell)
+            self._bell = BellReceiver(ctx.run_dir, self._on_bell)
             self._bell.start()
-            m.before_render(self._bell.drain)
         self._tasks = [
             asyncio.create_task(self._timer.run(), name="mailbox-due-timer"),
             asyncio.create_task(self._housekeeping(), name="mailbox-housekeeping"),
         ]
 
     @classmethod
-    def attached(cls, config: Config, bell: BellSender) -> MailboxService:
+    def attached(
+        cls, config: Config, bell: BellSender, counters: Mapping[str, Count], rejected: LabeledCount
+    ) -> MailboxService:
         """This service's rules in another process of the node, on the shared file.
 
         It serves what needs no waiting (send, a receive's immediate lease, ack, nack,
-        extend); what it would have signalled, scheduled or counted is rung to the
-        owner instead (:mod:`~ron.services.mailbox.bell`), which alone has waiters, a
-        timer and the metrics.
+        extend) and counts it in ``counters`` (that process's metrics); what it would
+        have signalled or scheduled is rung to the owner instead
+        (:mod:`~ron.services.mailbox.bell`), which alone has waiters and a timer.
         """
         path = mailbox_path(config)
         if path is None:
@@ -152,8 +161,8 @@ class MailboxService(Service):
         self._timer = _RungTimer(bell, self._store.now_ms)
         self._waiters = 0
         self._stopping = False
-        counters = {key: _RungCount(bell, key) for key in _COUNTERS}
-        self._use_counters(counters, _RungCount(bell, _REJECTED))
+        self._use_counters(counters, rejected)
+        self._always_release = True
         self._bell = None
         self._tasks = []
         return self
@@ -169,10 +178,9 @@ class MailboxService(Service):
         self._dead, self._redriven, self._deleted = c["dead"], c["redriven"], c["deleted"]
         self._stale = c["stale"]
         self._rejected = rejected
-        self._by_name = dict(c)
 
     def _on_bell(self, rung: Rung) -> None:
-        """Apply an attached process's news: wake, schedule, count."""
+        """Apply an attached process's news: wake and schedule."""
         if rung.everything:
             self._signals.notify_all()
             for topic, due in self._store.pending_due():
@@ -181,11 +189,25 @@ class MailboxService(Service):
             self._signals.notify(key)
         for topic, due in rung.due.items():
             self._timer.schedule(topic, due)
-        for (name, label), n in rung.counts.items():
-            if name == _REJECTED and label.startswith("mailbox_"):
-                self._rejected.labels(label).inc(n)
-            elif (counter := self._by_name.get(name)) is not None and not label:
-                counter.inc(n)
+
+    @contextlib.contextmanager
+    def _announced(self) -> Iterator[None]:
+        """Count a waiter-to-be for the attached processes (bell.WaitingCount), from
+        before its first attempt to lease until it leaves."""
+        if self._bell is None:
+            yield
+            return
+        self._bell.waiting.up()
+        try:
+            yield
+        finally:
+            self._bell.waiting.down()
+
+    def _expect_due(self, topic: str) -> None:
+        """Before waiting on ``topic``: time the end of leases taken elsewhere while
+        nobody waited (they were not rung)."""
+        if self._bell is not None and (due := self._store.next_due_ms(topic)) is not None:
+            self._timer.schedule(topic, due)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -292,7 +314,7 @@ class MailboxService(Service):
         # The timer holds the earliest due time of every topic with leases or delays, so
         # when it says nothing is due yet the receive can skip releasing.
         due = self._timer.scheduled(topic)
-        release = due is not None and due <= self._store.now_ms()
+        release = self._always_release or (due is not None and due <= self._store.now_ms())
         settled = _NOTHING_SETTLED
         if ack:
             try:
@@ -391,22 +413,26 @@ class MailboxService(Service):
         limit = check_count(max_messages, "max", 1, MAX_RECEIVE)
         vis = self._visibility_ms(visibility_s)
         wait = min(check_seconds(wait_s, "wait_s", 0, MAX_WAIT_S), self._cfg.max_wait_s)
-        settled, got = self._lease_acking(topic, limit, vis, ack)
-        if got or wait <= 0 or self._stopping or not may_wait:
-            return settled, got
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
-        with self._waiter():
-            while True:
-                remaining = deadline - loop.time()
-                if remaining <= 0 or self._stopping:
-                    return settled, []
-                await self._signals.wait([_ready(topic)], remaining)
-                if self._stopping:
-                    return settled, []
-                got = self._lease(topic, limit, vis)
-                if got:
-                    return settled, got
+        if wait <= 0 or not may_wait or self._stopping:
+            return self._lease_acking(topic, limit, vis, ack)
+        with self._announced():
+            settled, got = self._lease_acking(topic, limit, vis, ack)
+            if got or self._stopping:
+                return settled, got
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + wait
+            with self._waiter():
+                self._expect_due(topic)
+                while True:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0 or self._stopping:
+                        return settled, []
+                    await self._signals.wait([_ready(topic)], remaining)
+                    if self._stopping:
+                        return settled, []
+                    got = self._lease(topic, limit, vis)
+                    if got:
+                        return settled, got
 
     async def receive_body(
         self,
@@ -455,7 +481,8 @@ class MailboxService(Service):
         wait = min(check_seconds(wait_s, "wait_s", 0, MAX_WAIT_S), self._cfg.max_wait_s)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
-        with self._waiter():
+        with self._announced(), self._waiter():
+            self._expect_due(topic)
             while True:
                 flags = self._store.live_leases(held)
                 held = [r for r, live in zip(held, flags, strict=True) if live]
@@ -723,8 +750,8 @@ class _RungSignals(Signals):
 
 
 class _RungTimer(DueTimer):
-    """The timer of an attached process: schedules go to the owner's timer. It never
-    knows whether something is due, so receives here always release what is."""
+    """The timer of an attached process: schedules go to the owner's timer (receives
+    here release what is due themselves)."""
 
     def __init__(self, bell: BellSender, clock_ms: Any) -> None:
         super().__init__(clock_ms, lambda topic: None)
@@ -732,24 +759,6 @@ class _RungTimer(DueTimer):
 
     def schedule(self, topic: str, at_ms: int) -> None:
         self._bell.due(topic, at_ms)
-
-    def scheduled(self, topic: str) -> int | None:
-        return 0
-
-
-class _RungCount:
-    """A counter of an attached process, counted by the owner."""
-
-    def __init__(self, bell: BellSender, name: str, label: str = "") -> None:
-        self._bell = bell
-        self._name = name
-        self._label = label
-
-    def inc(self, amount: float = 1) -> None:
-        self._bell.count(self._name, amount, self._label)
-
-    def labels(self, *values: str) -> _RungCount:
-        return _RungCount(self._bell, self._name, values[0])
 
 
 class _StoreCollector(Collector):

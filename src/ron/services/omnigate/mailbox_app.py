@@ -115,8 +115,9 @@ _ROUTES: dict[str, tuple[str, str]] = {
 
 
 class MailboxApp:
-    """The OAP handler for app 0x0201; the mailbox peer is looked up per request, so a
-    node configured without a mailbox answers 404 rather than failing to start."""
+    """The OAP handler for app 0x0201; the mailbox is looked up per request
+    (:class:`~ron.services.mailbox.attached.MailboxOf`), so a node configured without a
+    mailbox answers 404 rather than failing to start."""
 
     def __init__(self, mailbox: Callable[[], MailboxAPI], guard: Guard | None = None) -> None:
         self._mailbox = mailbox
@@ -124,10 +125,7 @@ class MailboxApp:
 
     async def __call__(self, request: OapRequest, reply: Reply) -> None:
         body = json_request(request)
-        try:
-            mailbox = self._mailbox()
-        except KeyError:
-            raise RonError(ErrorCode.NOT_FOUND, "this node runs no mailbox") from None
+        mailbox = self._mailbox()  # 404 when the node runs no mailbox
         topics = self._authorize(request.grant, body)
         if body.get("op") == "subscribe":
             await _subscribe(mailbox, body, request, reply)

@@ -22,6 +22,7 @@ from ron.kernel.config import Config, OmnigateConfig
 from ron.proto.oap import AppId
 from ron.services.base import Service, ServiceContext
 from ron.services.index.service import index_path
+from ron.services.mailbox.attached import mailbox_of
 from ron.services.omnigate.apps import StorageApp
 from ron.services.omnigate.gate import App, Gate
 from ron.services.omnigate.mailbox_app import MailboxApp, is_subscribe
@@ -89,7 +90,7 @@ class OmnigateService(Service):
             AppId.STORAGE: App("storage", storage, eager=True, fast_get=storage.fast_get),
             AppId.MAILBOX: App(
                 "mailbox",
-                MailboxApp(lambda: self._ctx.peers.get("mailbox"), self.guard),
+                MailboxApp(mailbox_of(self._ctx), self.guard),
                 long_lived=is_subscribe,
             ),
         }
@@ -122,6 +123,7 @@ class OmnigateService(Service):
         them), and so does ``quota_table_size`` with several workers (a shared file)."""
         self.gate.apply(config.omnigate)
         self.guard.reconfigure(config.caps)
+        await mailbox_of(self._ctx).reconfigure(config)
 
     def health(self) -> tuple[bool, str]:
         if not self._server.is_serving():
@@ -141,5 +143,6 @@ class OmnigateService(Service):
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._server.wait_closed(), 1.0)
         self.reader.close()
+        mailbox_of(self._ctx).close()
         if self.shared is not None:
             self.shared.close()
