@@ -271,10 +271,14 @@ class MailboxOf:
         return self._attached
 
     async def reconfigure(self, config: Config) -> None:
-        """Limits follow reloads; whether to attach is read once, at start."""
+        """Limits follow reloads; the file, its mode and whether to attach are the
+        start's (the owner keeps them until it restarts, and so must every writer)."""
+        start = self._ctx.config.mailbox
+        pinned = {k: getattr(start, k) for k in ("db", "in_memory", "synchronous", "attach")}
         self._config = dataclasses.replace(
             config,
-            mailbox=dataclasses.replace(config.mailbox, attach=self._ctx.config.mailbox.attach),
+            data_dir=self._ctx.config.data_dir,
+            mailbox=dataclasses.replace(config.mailbox, **pinned),
         )
         if self._attached is not None:
             await self._attached.reconfigure(self._config)
