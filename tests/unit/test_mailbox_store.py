@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from ron.proto.envelope import ErrorCode, RonError
+from ron.services.mailbox.checkpoint import Checkpointer
 from ron.services.mailbox.model import Delivery, Outgoing
 from ron.services.mailbox.receipts import Receipt, parse_receipt
 from ron.services.mailbox.store import MailboxStore
@@ -514,3 +515,52 @@ def test_memory_only_store_writes_nothing(tmp_path: Path, clock: Clock) -> None:
     assert [d.payload for d in recv(s, "t")] == [b"x"]
     s.close()
     assert set(os.listdir(tmp_path)) == before
+
+
+def test_the_owner_checkpoints_a_shared_file_so_its_wal_starts_over(tmp_path: Path) -> None:
+    """Writers append; the checkpoint copies everything back and the next writer
+    starts the WAL from its beginning, so the file stops growing."""
+    path = tmp_path / "mailbox.db"
+    writer = MailboxStore(path, shared=True, owner=False)
+    checkpointer = Checkpointer(
+        path, tmp_path / "mailbox.db.wlock", synchronous="normal", every_s=3600
+    )
+    wal = tmp_path / "mailbox.db-wal"
+
+    def churn() -> None:
+        for _ in range(40):
+            send(writer, "t", *[os.urandom(1024)] * 10)
+            got = recv(writer, "t", 10)
+            writer.ack([parse_receipt(d.receipt) for d in got])
+
+    try:
+        churn()
+        grown = wal.stat().st_size
+        checkpointer.checkpoint()
+        assert (checkpointer.passes, checkpointer.locked_passes) == (1, 1)
+        checkpointer.checkpoint()  # nothing written since: nothing to do
+        assert checkpointer.passes == 1
+        churn()
+        assert wal.stat().st_size <= grown  # written over from the start, not appended
+        send(writer, "t", b"kept")
+        checkpointer.checkpoint()
+    finally:
+        checkpointer.close()
+        writer.close()
+    owner = MailboxStore(path)
+    try:
+        assert [d.payload for d in recv(owner, "t")] == [b"kept"]
+    finally:
+        owner.close()
+
+
+def test_only_the_owner_of_a_shared_file_runs_a_checkpointer(tmp_path: Path) -> None:
+    shared = MailboxStore(tmp_path / "a.db", shared=True)
+    attached = MailboxStore(tmp_path / "a.db", shared=True, owner=False)
+    alone = MailboxStore(tmp_path / "b.db")
+    try:
+        assert shared._checkpointer is not None
+        assert attached._checkpointer is None and alone._checkpointer is None
+    finally:
+        for s in (attached, shared, alone):
+            s.close()

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from ron.proto.envelope import ErrorCode, RonError
+from ron.services.mailbox.checkpoint import Checkpointer
 from ron.services.mailbox.ids import UlidSource
 from ron.services.mailbox.model import (
     DeadLetter,
@@ -174,7 +175,10 @@ class MailboxStore:
         # per checkpoint and checkpoints an eighth as often (measured: send+receive+ack
         # of 10 messages 1.0-1.1 ms -> 0.66-0.86 ms; 45 syncs in 4.3 s of load before).
         # Commits are durable in the WAL either way; only restart replay grows (32 MiB).
-        self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+        # A shared file is checkpointed by its owner's thread instead
+        # (:mod:`~ron.services.mailbox.checkpoint`); writers keep a backstop, 4x later.
+        pages = WAL_CHECKPOINT_PAGES * (4 if self._write_fd is not None else 1)
+        self._db.execute(f"PRAGMA wal_autocheckpoint={pages}")
         self._db.execute("PRAGMA cache_size=-16384")
         self._db.executescript(SCHEMA)
         self._ids = UlidSource()
@@ -183,12 +187,20 @@ class MailboxStore:
         # by an ack is never handed out again by this store). A shared file's other
         # writers insert too: ``send`` then also reads the file's highest seq.
         self._last_seq = self._max_seq(self._db)
+        self._checkpointer: Checkpointer | None = None
+        if path is not None and shared and owner:
+            self._checkpointer = Checkpointer(
+                path, path.with_name(path.name + ".wlock"), synchronous=synchronous
+            )
 
     @staticmethod
     def _max_seq(db: sqlite3.Connection) -> int:
         return int(db.execute("SELECT IFNULL(MAX(seq), 0) FROM messages").fetchone()[0])
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+            self._checkpointer = None
         self._db.close()
         for fd in (self._lock_fd, self._write_fd):
             if fd is not None:
