@@ -9,6 +9,7 @@ connections it accepted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import socket
 import ssl
@@ -307,3 +308,88 @@ async def test_async_bad_header_is_a_local_error(plain: _Server) -> None:
     with pytest.raises(wire.LocalRequestError):
         await pool.request("POST", "/v1/x", headers={"x-bad": "a\r\nb"}, content=b"", timeout=5)
     await pool.aclose()
+
+
+# ---- reading an answer's head ------------------------------------------------------
+
+
+def test_a_head_is_read_as_http_client_would() -> None:
+    import io
+
+    head = wire.read_head(
+        io.BytesIO(
+            b"Content-Type: text/plain\r\nX-Twice: a\r\nx-twice: b\r\nX-Folded: one\r\n"
+            b"\t two\r\nno colon here\r\nX-Empty:\r\n\r\nbody"
+        )
+    )
+    assert head.get("content-type") == "text/plain"
+    assert head.get("X-TWICE") == "a"
+    assert head.get_all("x-twice") == ["a", "b"]
+    assert head.get("x-folded") == "one two"
+    assert head.get("x-empty") == ""
+    assert head.get("missing") is None and "missing" not in head
+    assert [n for n, _ in head.items()] == [
+        "Content-Type",
+        "X-Twice",
+        "x-twice",
+        "X-Folded",
+        "X-Empty",
+    ]
+    with pytest.raises(http.client.LineTooLong):
+        wire.read_head(io.BytesIO(b"X: " + b"a" * 70000 + b"\r\n\r\n"))
+    with pytest.raises(http.client.HTTPException):
+        wire.read_head(io.BytesIO(b"X: a\r\n" * 101 + b"\r\n"))
+
+
+@contextlib.contextmanager
+def _canned(answers: list[bytes]) -> Iterator[str]:
+    """A server that answers each request on one connection with the next canned bytes
+    (closing after the last); yields its URL."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            for answer in answers:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                conn.sendall(answer)
+            conn.shutdown(socket.SHUT_WR)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+        thread.join(5)
+
+
+def test_answers_of_every_framing_are_read_whole() -> None:
+    """1xx answers skipped, chunked bodies, fields joined, a HEAD's length ignored, and
+    an HTTP/1.0 answer with no length read to the close."""
+    answers = [
+        b"HTTP/1.1 100 Continue\r\nX-Skip: 1\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Twice: a\r\nX-Twice: b\r\n\r\n"
+        b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nto the end",
+    ]
+    with _canned(answers) as url:
+        pool = wire.WirePool(url)
+        try:
+            first = _send(pool, b"x")
+            assert (first.status_code, first.content) == (200, b"abcde")
+            assert first.headers["x-twice"] == "a, b"
+            assert "x-skip" not in first.headers
+            head = pool.request("HEAD", "/h", headers={}, content=None, timeout=5.0)
+            assert (head.status_code, head.content, head.headers["content-length"]) == (
+                200,
+                b"",
+                "9",
+            )
+            last = _send(pool, b"y")
+            assert (last.content, last.headers["content-type"]) == (b"to the end", "text/plain")
+        finally:
+            pool.close()
