@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -402,3 +403,29 @@ async def test_the_door_refuses_what_the_owner_refuses(
         with pytest.raises(RonError) as err:
             await call
         assert err.value.code is ErrorCode.BAD_REQUEST
+
+
+async def test_an_empty_poll_at_the_door_does_not_queue_for_the_writers_lock(
+    attached: tuple[MailboxService, AttachedMailbox, Metrics], tmp_path: Path
+) -> None:
+    """Another writer holds the file's write lock for a while: a receive on an empty
+    topic still answers at once (it reads), and one on a topic with work waits its turn."""
+    import fcntl
+    import threading
+
+    _, door, _ = attached
+    await door.send("busy", b"x")
+    fd = os.open(tmp_path / "mailbox.db.wlock", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    release = threading.Timer(1.0, lambda: fcntl.flock(fd, fcntl.LOCK_UN))
+    release.start()
+    try:
+        t0 = time.monotonic()
+        assert await door.receive("empty") == []
+        assert time.monotonic() - t0 < 0.5
+        got = await door.receive("busy")  # waits for the lock, then leases
+        assert [d.payload for d in got] == [b"x"]
+        assert time.monotonic() - t0 >= 0.9
+    finally:
+        release.join()
+        os.close(fd)

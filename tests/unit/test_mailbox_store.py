@@ -564,3 +564,18 @@ def test_only_the_owner_of_a_shared_file_runs_a_checkpointer(tmp_path: Path) -> 
     finally:
         for s in (attached, shared, alone):
             s.close()
+
+
+def test_has_work_says_whether_a_receive_could_lease(store: MailboxStore, clock: Clock) -> None:
+    assert not store.has_work("t")
+    send(store, "t", b"a")
+    assert store.has_work("t") and not store.has_work("other")
+    assert len(recv(store, "t", 1, vis=1000)) == 1
+    assert not store.has_work("t")  # leased, not yet due
+    clock.advance(1001)
+    assert store.has_work("t")  # its lease ended: a receive would release and take it
+    (again,) = recv(store, "t", 1)
+    store.nack([parse_receipt(again.receipt)], 5000, lambda _: MAXD)
+    assert not store.has_work("t")  # delayed
+    clock.advance(5001)
+    assert store.has_work("t")

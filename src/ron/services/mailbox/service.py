@@ -316,6 +316,10 @@ class MailboxService(Service):
         due = self._timer.scheduled(topic)
         release = self._always_release or (due is not None and due <= self._store.now_ms())
         settled = _NOTHING_SETTLED
+        if not ack and self._always_release and not self._store.has_work(topic):
+            # A shared file: an empty poll reads instead of queueing for the writers'
+            # lock to find nothing (consumers that keep up poll empty topics often).
+            return settled, []
         if ack:
             try:
                 settled, touched, got, released = self._store.ack_and_receive(

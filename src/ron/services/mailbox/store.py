@@ -388,6 +388,25 @@ class MailboxStore:
         dead = sum(1 for (s,) in states if s == DEAD)
         return Released(len(states) - dead, dead)
 
+    def has_work(self, topic: str) -> bool:
+        """Whether a receive on ``topic`` could lease anything now: a ready message, or
+        a lease or delay that is due. Two index seeks, read only, no lock; a message
+        that arrives just after is the same as one arriving just after a receive."""
+        db = self._db
+        if db.execute(
+            "SELECT 1 FROM messages WHERE topic = ? AND state = 0 AND visible_ms = 0 LIMIT 1",
+            (topic,),
+        ).fetchone():
+            return True
+        return (
+            db.execute(
+                "SELECT 1 FROM messages WHERE topic = ? AND state IN (1, 2) AND visible_ms <= ?"
+                " LIMIT 1",
+                (topic, self._clock()),
+            ).fetchone()
+            is not None
+        )
+
     def next_due_ms(self, topic: str) -> int | None:
         """When the topic's next lease expires or delay ends; None when nothing waits."""
         best: int | None = None
