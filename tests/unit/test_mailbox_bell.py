@@ -112,17 +112,23 @@ def test_the_waiting_count_survives_an_owner_restart(tmp_path: Path) -> None:
     assert WaitingCount(tmp_path / "none", owner=False).any()  # unknown: ring
 
 
-def test_a_bad_datagram_is_counted_and_the_next_one_still_applies(
-    bell: tuple[BellReceiver, BellSender, Heard], tmp_path: Path
-) -> None:
-    receiver, sender, heard = bell
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as raw:
-        raw.sendto(b"not msgpack \xc1", str(tmp_path / BELL_NAME))
-    sender.notify("released", "b")
-    sender.ring()
-    receiver.drain()
-    assert receiver.bad == 1
-    assert [r.notify for r in heard.rungs] == [{("released", "b")}]
+def test_a_bad_datagram_is_counted_and_the_next_one_still_applies(tmp_path: Path) -> None:
+    heard = Heard()
+    refused: list[int] = []
+    receiver = BellReceiver(tmp_path, heard, on_bad=lambda: refused.append(1))
+    receiver.waiting.up()
+    sender = BellSender(tmp_path)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as raw:
+            raw.sendto(b"not msgpack \xc1", str(tmp_path / BELL_NAME))
+        sender.notify("released", "b")
+        sender.ring()
+        receiver.drain()
+        assert receiver.bad == 1 and refused == [1]  # the owner counts it in a metric
+        assert [r.notify for r in heard.rungs] == [{("released", "b")}]
+    finally:
+        sender.close()
+        receiver.close()
 
 
 def test_too_many_topics_become_one_wake_everything(

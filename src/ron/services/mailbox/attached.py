@@ -49,6 +49,7 @@ from ron.services.mailbox.model import (
 from ron.services.mailbox.service import (
     Count,
     LabeledCount,
+    MailboxClient,
     MailboxService,
     mailbox_counters,
     mailbox_path,
@@ -58,8 +59,6 @@ from ron.services.mailbox.service import (
 def can_attach(config: Config, peer: object) -> bool:
     """Attach when the node asks for it, the mailbox is a file, and it runs elsewhere
     (in one process the service is already a plain call away)."""
-    from ron.services.mailbox.service import MailboxClient
-
     return (
         config.mailbox.attach
         and mailbox_path(config) is not None
@@ -128,13 +127,14 @@ class AttachedMailbox:
         """Ack and lease here; when nothing was there and the caller may wait, the
         owner waits (the acks are already committed, as they would be there)."""
         with self._ringing():
-            settled, got = await self._local.lease_now(
+            settled, got = await self._local.ack_and_receive(
                 topic,
+                ack=ack,
+                topics=topics,
                 max_messages=max_messages,
                 visibility_s=visibility_s,
                 wait_s=wait_s,
-                ack=ack,
-                topics=topics,
+                may_wait=False,
             )
         if not got and wait_s > 0:
             got = await self._owner.receive(

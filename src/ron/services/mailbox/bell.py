@@ -40,7 +40,8 @@ log = logging.getLogger("ron.mailbox")
 
 BELL_NAME = "mailbox.bell"
 WAITING_NAME = "mailbox.waiting"
-_COUNT = 8  # bytes of the waiter count (native-endian int64)
+_COUNT = 8  # bytes of the waiter count (little-endian)
+_NONE = bytes(_COUNT)
 # Past this many distinct topics in one datagram the news is "look at everything":
 # the owner wakes every waiter and rescans its timer (rare; keeps datagrams small).
 MAX_TOPICS = 1024
@@ -138,7 +139,7 @@ class WaitingCount:
                 self._map = mmap.mmap(fd, _COUNT, prot=mmap.PROT_READ)
             finally:
                 os.close(fd)
-        return self._map[:_COUNT] != bytes(_COUNT)
+        return self._map[:_COUNT] != _NONE
 
     def close(self) -> None:
         if self._map is not None:
@@ -211,9 +212,15 @@ class BellSender:
 class BellReceiver:
     """The owner's end: bound in the run dir, read on its loop; holds the waiter count."""
 
-    def __init__(self, run_dir: Path, apply: Callable[[Rung], None]) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        apply: Callable[[Rung], None],
+        on_bad: Callable[[], None] = lambda: None,
+    ) -> None:
         path = self._path = run_dir / BELL_NAME
         self._apply = apply
+        self._on_bad = on_bad
         self.waiting = WaitingCount(run_dir / WAITING_NAME, owner=True)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # a previous owner's, dead
@@ -239,6 +246,7 @@ class BellReceiver:
                 rung = Rung.decode(data)
             except ValueError:
                 self.bad += 1
+                self._on_bad()
                 continue
             try:
                 self._apply(rung)

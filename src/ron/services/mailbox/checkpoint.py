@@ -78,7 +78,7 @@ class Checkpointer:
         # Catch up beside them while they append a lot, then finish under their lock
         # (with nothing new, that pass copies nothing and flushes nothing).
         for _ in range(CATCH_UP_PASSES):
-            _, again, copied = self._passive()
+            _, again, _ = self._passive()
             if again - frames < CATCH_UP_FRAMES:
                 break
             frames = again

@@ -131,7 +131,11 @@ class MailboxService(Service):
         self._always_release = shared
         self._bell: BellReceiver | None = None
         if shared:
-            self._bell = BellReceiver(ctx.run_dir, self._on_bell)
+            self._bell = BellReceiver(
+                ctx.run_dir,
+                self._on_bell,
+                on_bad=lambda: self._rejected.labels("mailbox_bell_datagram").inc(),
+            )
             self._bell.start()
         self._tasks = [
             asyncio.create_task(self._timer.run(), name="mailbox-due-timer"),
@@ -369,38 +373,23 @@ class MailboxService(Service):
     async def ack_and_receive(
         self,
         topic: str,
-        receipts: Sequence[str],
         *,
-        topics: Sequence[str] | None = None,
-        max_messages: int = 1,
-        visibility_s: float | None = None,
-        wait_s: float = 0.0,
-    ) -> tuple[Settled, list[Delivery]]:
-        """Acknowledge ``receipts`` (as :meth:`ack`, all or nothing) and lease the next
-        messages in the same commit: a consumer's loop in one call instead of two. The
-        ack is committed before any long-poll wait starts."""
-        parsed = parse_receipts(list(receipts), limit=MAX_BATCH)
-        self._check_topics(parsed, topics)
-        return await self._receive(topic, parsed, max_messages, visibility_s, wait_s)
-
-    async def lease_now(
-        self,
-        topic: str,
-        *,
-        max_messages: int = 1,
-        visibility_s: float | None = None,
-        wait_s: float = 0.0,
         ack: Sequence[str] = (),
         topics: Sequence[str] | None = None,
+        max_messages: int = 1,
+        visibility_s: float | None = None,
+        wait_s: float = 0.0,
+        may_wait: bool = True,
     ) -> tuple[Settled, list[Delivery]]:
-        """A receive's part that needs no waiting: every check (``wait_s`` included),
-        the acks, and the lease of what is there now. An attached process serves this
-        and leaves any wait to the owner."""
+        """Acknowledge ``ack`` (as :meth:`ack`, all or nothing) and lease the next
+        messages in the same commit: a consumer's loop in one call instead of two. The
+        ack is committed before any long-poll wait starts. ``may_wait=False`` (an
+        attached process) checks ``wait_s`` but never waits: the owner does."""
         parsed = parse_receipts(list(ack), limit=MAX_BATCH) if ack else ()
         if parsed:
             self._check_topics(parsed, topics)
         return await self._receive(
-            topic, parsed, max_messages, visibility_s, wait_s, may_wait=False
+            topic, parsed, max_messages, visibility_s, wait_s, may_wait=may_wait
         )
 
     async def _receive(
@@ -448,20 +437,15 @@ class MailboxService(Service):
         ack: Sequence[str] = (),
         topics: Sequence[str] | None = None,
     ) -> bytes:
-        if not ack:
-            got = await self.receive(
-                topic, max_messages=max_messages, visibility_s=visibility_s, wait_s=wait_s
-            )
-            return deliveries_body(got)
         settled, got = await self.ack_and_receive(
             topic,
-            ack,
+            ack=ack,
             topics=topics,
             max_messages=max_messages,
             visibility_s=visibility_s,
             wait_s=wait_s,
         )
-        return deliveries_body(got, settled)
+        return deliveries_body(got, settled if ack else None)
 
     async def poll_subscription(
         self,

@@ -150,15 +150,14 @@ class MailboxStore:
             self._db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
+            write_lock = path.with_name(path.name + ".wlock")
             if owner:
                 self._lock_fd = _exclusive_lock(path.with_name(path.name + ".lock"))
             elif not shared:
                 raise ValueError("only the owner may open the file unshared")
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             if shared:
-                self._write_fd = os.open(
-                    path.with_name(path.name + ".wlock"), os.O_RDWR | os.O_CREAT, 0o600
-                )
+                self._write_fd = os.open(write_lock, os.O_RDWR | os.O_CREAT, 0o600)
                 # Only a backstop: writers queue on the write lock, never on SQLite's.
                 self._db.execute("PRAGMA busy_timeout=10000")
             else:
@@ -189,9 +188,7 @@ class MailboxStore:
         self._last_seq = self._max_seq(self._db)
         self._checkpointer: Checkpointer | None = None
         if path is not None and shared and owner:
-            self._checkpointer = Checkpointer(
-                path, path.with_name(path.name + ".wlock"), synchronous=synchronous
-            )
+            self._checkpointer = Checkpointer(path, write_lock, synchronous=synchronous)
 
     @staticmethod
     def _max_seq(db: sqlite3.Connection) -> int:
