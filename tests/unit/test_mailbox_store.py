@@ -579,3 +579,36 @@ def test_has_work_says_whether_a_receive_could_lease(store: MailboxStore, clock:
     assert not store.has_work("t")  # delayed
     clock.advance(5001)
     assert store.has_work("t")
+
+
+def test_work_tells_ready_from_due(store: MailboxStore, clock: Clock) -> None:
+    assert store.work("t") == (False, False)
+    send(store, "t", b"a")
+    send(store, "t", b"b")
+    assert store.work("t") == (True, False)
+    assert len(recv(store, "t", 1, vis=1000)) == 1
+    assert store.work("t") == (True, False)  # "b" waits; "a" is leased, not yet due
+    clock.advance(1001)
+    assert store.work("t") == (True, True)  # a receive must release "a" first
+    # Without the release a receive takes only what is ready; "a" stays due.
+    got, released = store.receive("t", 10, 30_000, MAXD, release=False)
+    assert [d.payload for d in got] == [b"b"] and released.ready == 0
+    assert store.work("t") == (False, True)
+    got, released = store.receive("t", 10, 30_000, MAXD)
+    assert [d.payload for d in got] == [b"a"] and released.ready == 1
+    assert store.work("t") == (False, False)
+
+
+def test_a_stale_receipt_in_an_ack_deletes_nothing(store: MailboxStore, clock: Clock) -> None:
+    send(store, "t", b"a")
+    send(store, "t", b"b")
+    first = recv(store, "t", 2, vis=1000)
+    clock.advance(1001)
+    again = recv(store, "t", 1)  # "a" leased again: its first receipt is stale
+    receipts = [parse_receipt(first[1].receipt), parse_receipt(first[0].receipt)]
+    with pytest.raises(RonError) as caught:
+        store.ack(receipts)
+    assert caught.value.code is ErrorCode.CONFLICT
+    # "b" (valid receipt, earlier in the call) was not removed: all or nothing.
+    settled, _ = store.ack([parse_receipt(first[1].receipt), parse_receipt(again[0].receipt)])
+    assert settled.done == 2 and settled.gone == 0

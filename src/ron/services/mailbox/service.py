@@ -126,9 +126,9 @@ class MailboxService(Service):
         m.registry.register(_StoreCollector(self))
         for topic, due in self._store.pending_due():
             self._timer.schedule(topic, due)
-        # Shared: leases taken elsewhere are not all known to the timer, so every
-        # receive releases what is due itself (one index range, usually empty).
-        self._always_release = shared
+        # Shared: leases taken elsewhere are not all known to the timer, so a receive
+        # asks the file what is due (:meth:`_lease_acking`).
+        self._shared_file = shared
         self._bell: BellReceiver | None = None
         if shared:
             self._bell = BellReceiver(
@@ -166,7 +166,7 @@ class MailboxService(Service):
         self._waiters = 0
         self._stopping = False
         self._use_counters(counters, rejected)
-        self._always_release = True
+        self._shared_file = True
         self._bell = None
         self._tasks = []
         return self
@@ -315,15 +315,20 @@ class MailboxService(Service):
     ) -> tuple[Settled, list[Delivery]]:
         """Lease up to ``limit``; receipts in ``ack`` are acknowledged first, in the same
         transaction (a stale one raises the 409 and nothing is leased)."""
-        # The timer holds the earliest due time of every topic with leases or delays, so
-        # when it says nothing is due yet the receive can skip releasing.
-        due = self._timer.scheduled(topic)
-        release = self._always_release or (due is not None and due <= self._store.now_ms())
         settled = _NOTHING_SETTLED
-        if not ack and self._always_release and not self._store.has_work(topic):
-            # A shared file: an empty poll reads instead of queueing for the writers'
-            # lock to find nothing (consumers that keep up poll empty topics often).
-            return settled, []
+        if self._shared_file:
+            # A shared file: leases taken elsewhere are not all on this timer, so ask the
+            # file (a read, outside the writers' lock) whether anything is due, and only
+            # then release inside the transaction. An empty poll reads and stops there
+            # instead of queueing for the lock to find nothing.
+            ready, release = self._store.work(topic)
+            if not ack and not ready and not release:
+                return settled, []
+        else:
+            # The timer holds the earliest due time of every topic with leases or
+            # delays, so when it says nothing is due yet the receive skips releasing.
+            due = self._timer.scheduled(topic)
+            release = due is not None and due <= self._store.now_ms()
         if ack:
             try:
                 settled, touched, got, released = self._store.ack_and_receive(
