@@ -125,10 +125,9 @@ burst_factor = 1000.0
     with run_node(tmp_path, config=config) as n:
         status = {s["service"] for s in n.status()["services"]}
         assert {"omnigate", "omnigate-2"} <= status
-        cap = n.mint("alpha").encode()
         missing = "b3:" + "0" * 64
 
-        async def one(corr: int) -> int:
+        async def one(cap: bytes, corr: int) -> int:
             conn = await RawOap.open(n.urls["oap"], n.data_dir)  # the kernel spreads them
             try:
                 conn.send(get_frame(corr, addr=missing, cap=cap))
@@ -136,8 +135,21 @@ burst_factor = 1000.0
             finally:
                 await conn.close()
 
-        codes = await asyncio.gather(*(one(i + 1) for i in range(40)))
-        assert codes.count(404) == 10  # admitted: the burst, once, across both workers
-        assert codes.count(429) == 30
-        served = [n.metric("requests_total", service=w) for w in ("omnigate", "omnigate-2")]
-        assert all(v > 0 for v in served), served
+        def served() -> list[float]:
+            return [n.metric("requests_total", service=w) for w in ("omnigate", "omnigate-2")]
+
+        # Which worker accepts a connection is the OS's choice (the first to wake takes
+        # what is waiting), so a round can land on one worker alone and prove nothing
+        # about sharing: each round has a tenant of its own, and the quota must hold in
+        # every round; the test needs one round that both workers served.
+        shared_round = False
+        for attempt in range(5):
+            cap = n.mint(f"alpha{attempt}").encode()
+            before = served()
+            codes = await asyncio.gather(*(one(cap, i + 1) for i in range(40)))
+            assert codes.count(404) == 10  # admitted: the burst, once, across both workers
+            assert codes.count(429) == 30
+            if all(after > was for after, was in zip(served(), before, strict=True)):
+                shared_round = True
+                break
+        assert shared_round, "every round landed on one worker"
