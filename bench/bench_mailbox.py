@@ -24,6 +24,16 @@ with ``appendonly yes`` and ``appendfsync everysec`` (the same durability class:
 survives a process crash, may lose about a second on power loss), driven with redis-py:
 ``XADD`` (pipelined for a batch), ``XREADGROUP COUNT n``, ``XACK``.
 
+The floor (batch 10 only): ``bench/mailbox_floor.py``, a bare httptools server over the
+node's own store (the same shared SQLite file and transactions, nothing around them:
+no authentication, quotas, metrics or validation), driven by a raw-socket client that
+does what the SDK does on the wire (keyed batch sends, JSON, base64), with the producer
+and the consumer on separate server processes as the gateway's balanced listener puts
+them. Its ratio to Redis is the ceiling of any Python front end over this store here;
+reported beside the target, never instead of it. Once more with the store swapped for a
+queue in the server's memory (one process serving both; nothing durable): what the same
+front end costs without the durable store.
+
 redis-py is installed into the running venv when missing; it is a benchmark-only
 dependency, not a runtime one. The machine is shared and drifts, so each figure is the
 best of a few short rounds and the two systems are measured in alternation.
@@ -37,7 +47,9 @@ import http.client
 import json
 import multiprocessing
 import os
+import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -73,28 +85,42 @@ def run(report: Report) -> None:
         (work / "node").mkdir()
         (work / "redis").mkdir()
         with (
+            contextlib.ExitStack() as stack,
             tools.ron_node(work / "node", env=NODE_ENV) as node,
             redis_server(work / "redis") as port,
         ):
             host, http_port = node.http.removeprefix("http://").rsplit(":", 1)
             ours = (host, int(http_port), node.token)
             sdk_target = (node.http, node.token) if _sdk_available() else None
+            floor = stack.enter_context(floor_servers(work / "floor"))
+            in_memory = stack.enter_context(floor_servers(work / "memory", memory=True))
             shapes = (
                 (1, "single", ours_consumer, redis_consumer, sdk_consumer),
                 (10, "batch10", ours_consumer, redis_consumer, sdk_consumer),
                 (10, "batch10_ack_on_receive", ours_acking, redis_pipelined, sdk_acking),
             )
             for batch, label, ours_c, redis_c, sdk_c in shapes:
-                best_ours = best_redis = best_sdk = 0.0
+                best_ours = best_redis = best_sdk = best_floor = best_memory = 0.0
                 for _ in range(ROUNDS):
                     best_ours = max(best_ours, measure(ours_producer, ours_c, ours, batch))
                     best_redis = max(best_redis, measure(redis_producer, redis_c, port, batch))
                     if sdk_target is not None:
                         best_sdk = max(best_sdk, measure(sdk_producer, sdk_c, sdk_target, batch))
+                    if label == "batch10":
+                        best_floor = max(
+                            best_floor, measure(floor_producer, floor_consumer, floor, batch)
+                        )
+                        best_memory = max(
+                            best_memory,
+                            measure(floor_producer, floor_consumer, in_memory, batch),
+                        )
                 figures[f"ours_{label}"] = best_ours
                 figures[f"redis_{label}"] = best_redis
                 if sdk_target is not None:
                     figures[f"sdk_{label}"] = best_sdk
+                if label == "batch10":
+                    figures["floor_batch10"] = best_floor
+                    figures["memory_batch10"] = best_memory
     for label in ("single", "batch10", "batch10_ack_on_receive"):
         ours, redis = figures[f"ours_{label}"], figures[f"redis_{label}"]
         target = 0.5 if label == "batch10" else None
@@ -106,6 +132,13 @@ def run(report: Report) -> None:
             sdk = figures[f"sdk_{label}"]
             report.figure(f"mailbox_{label}_ron_sdk_client_msgs_per_s", sdk, "msg/s")
             report.ratio(f"mailbox_{label}_sdk_client_vs_redis_streams", sdk, redis, target)
+        if label == "batch10":
+            floor = figures["floor_batch10"]
+            report.figure("mailbox_batch10_python_floor_msgs_per_s", floor, "msg/s")
+            report.ratio("mailbox_batch10_python_floor_vs_redis_streams", floor, redis)
+            memory = figures["memory_batch10"]
+            report.figure("mailbox_batch10_python_floor_in_memory_msgs_per_s", memory, "msg/s")
+            report.ratio("mailbox_batch10_python_floor_in_memory_vs_redis_streams", memory, redis)
 
 
 # --- harness -------------------------------------------------------------------------
@@ -322,6 +355,130 @@ def sdk_acking(
             client.ack(got)
         while got := client.receive(TOPIC, max=100):
             client.ack(got)
+
+
+# --- the floor: bench/mailbox_floor.py ---------------------------------------------------
+
+
+@contextlib.contextmanager
+def floor_servers(workdir: Path, memory: bool = False) -> Iterator[tuple[int, int]]:
+    """The file's owner and two serving processes; yields (producer's, consumer's) port.
+    ``memory``: one process with its queue in memory serves both."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    script = Path(__file__).resolve().parent / "mailbox_floor.py"
+    procs: list[subprocess.Popen[str]] = []
+    ports: list[int] = []
+    try:
+        for role in ("memory",) if memory else ("owner", "serve", "serve"):
+            proc = subprocess.Popen(
+                [sys.executable, str(script), str(workdir / "floor.db"), role],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            procs.append(proc)
+            assert proc.stdout is not None
+            line = proc.stdout.readline().strip()  # blocks until it is up (or died)
+            if not line:
+                raise RuntimeError(f"the floor's {role} process exited")
+            if role != "owner":
+                ports.append(int(line))
+        yield ports[0], ports[-1]
+    finally:
+        for proc in reversed(procs):
+            assert proc.stdin is not None
+            proc.stdin.close()
+        for proc in reversed(procs):
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+class _Raw:
+    """A keep-alive HTTP/1.1 client on a bare socket: one write per request, the
+    answer read by Content-Length (all the floor server sends)."""
+
+    def __init__(self, port: int) -> None:
+        self._sock = socket.create_connection(("127.0.0.1", port))
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._buf = bytearray()
+
+    def post(self, path: bytes, body: bytes) -> bytes:
+        sock, buf = self._sock, self._buf
+        sock.sendall(
+            b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (path, len(body), body)
+        )
+        while (end := buf.find(b"\r\n\r\n")) < 0:
+            buf += _recv(sock)
+        length = 0
+        for line in bytes(buf[:end]).split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        del buf[: end + 4]
+        while len(buf) < length:
+            buf += _recv(sock)
+        reply = bytes(buf[:length])
+        del buf[:length]
+        return reply
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def _recv(sock: socket.socket) -> bytes:
+    data = sock.recv(65536)
+    if not data:
+        raise ConnectionError("the floor server closed the connection")
+    return data
+
+
+def floor_producer(
+    ports: tuple[int, int], batch: int, start: float, end: float, out: Connection
+) -> None:
+    client = _Raw(ports[0])
+    pool = _payloads()
+    i = 0
+    _sleep_until(start)
+    while time.monotonic() < end:
+        stem = secrets.token_hex(16)  # keyed, one stem per batch, as the SDK's sends
+        msgs = [
+            {
+                "payload_b64": base64.b64encode(pool[(i + j) % len(pool)]).decode(),
+                "headers": {},
+                "idempotency_key": f"sdk-{stem}-{j}",
+            }
+            for j in range(batch)
+        ]
+        client.post(b"/batch", json.dumps({"messages": msgs}).encode())
+        i += batch
+    client.close()
+    out.send(i)
+
+
+def floor_consumer(
+    ports: tuple[int, int], batch: int, start: float, end: float, out: Connection
+) -> None:
+    client = _Raw(ports[1])
+    counted = 0
+    _sleep_until(start)
+    while (now := time.monotonic()) < end:
+        got = [
+            (m["msg_id"], m["receipt"], base64.b64decode(m["payload_b64"]), m["headers"])
+            for m in json.loads(client.post(b"/receive", b"{}"))["messages"]
+        ]
+        if not got:
+            continue
+        client.post(b"/ack", json.dumps({"receipts": [m[1] for m in got]}).encode())
+        if time.monotonic() >= start + WARMUP_S and now < end:
+            counted += len(got)
+    out.send(counted)
+    while got := json.loads(client.post(b"/receive", b"{}"))["messages"]:
+        client.post(b"/ack", json.dumps({"receipts": [m["receipt"] for m in got]}).encode())
+    client.close()
 
 
 def redis_producer(port: int, batch: int, start: float, end: float, out: Connection) -> None:
