@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import ssl
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,8 @@ def test_first_start_generates_ca_and_server_pair(tmp_path: Path) -> None:
     files = ensure_dev_certs(tmp_path)
     tls = tmp_path / "tls"
     assert files.cert == tls / "server.crt" and files.ca == tls / "ca.crt"
-    assert sorted(p.name for p in tls.iterdir()) == ["ca.crt", "ca.key", "server.crt", "server.key"]
+    made = sorted(p.name for p in tls.iterdir())
+    assert made == [".generate.lock", "ca.crt", "ca.key", "server.crt", "server.key"]
     for key in ("ca.key", "server.key"):
         assert stat.S_IMODE((tls / key).stat().st_mode) == 0o600
     cert = x509.load_pem_x509_certificate(files.cert.read_bytes())
@@ -45,6 +48,29 @@ def test_server_key_without_its_certificate_is_regenerated(tmp_path: Path) -> No
     ensure_dev_certs(tmp_path)
     assert (tls / "ca.crt").read_bytes() == ca  # clients keep trusting the same CA
     server_context(ensure_dev_certs(tmp_path))  # loads: the pair matches again
+
+
+def _first_start(data_dir: str, start: float) -> tuple[bytes, bytes]:
+    """One worker's start: the files, then the server certificate it would serve."""
+    delay = start - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)  # a start line shared by the processes, not synchronisation
+    files = ensure_dev_certs(Path(data_dir))
+    return files.cert.read_bytes(), files.ca.read_bytes()
+
+
+def test_workers_starting_together_serve_one_ca(tmp_path: Path) -> None:
+    """Several OAP workers make the development files at once: every one must end up
+    serving a certificate signed by the CA that clients find on disk."""
+    ctx = multiprocessing.get_context("fork")
+    start = time.monotonic() + 0.3
+    with ctx.Pool(4) as pool:
+        seen = pool.starmap(_first_start, [(str(tmp_path), start)] * 4)
+    assert len({cert for cert, _ in seen}) == 1
+    assert len({ca for _, ca in seen}) == 1
+    ca = x509.load_pem_x509_certificate((tmp_path / "tls" / "ca.crt").read_bytes())
+    served = x509.load_pem_x509_certificate(seen[0][0])
+    served.verify_directly_issued_by(ca)  # type: ignore[arg-type]
 
 
 def test_a_new_ca_gets_a_new_server_certificate(tmp_path: Path) -> None:

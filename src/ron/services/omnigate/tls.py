@@ -14,9 +14,13 @@ detected on the next start by checking the pair, and redone.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
 import ipaddress
+import os
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +36,7 @@ ALPN = "ron/1"
 TLS_DIR = "tls"
 CA_CERT, CA_KEY = "ca.crt", "ca.key"
 SERVER_CERT, SERVER_KEY = "server.crt", "server.key"
+GENERATE_LOCK = ".generate.lock"  # workers take turns making the development files
 CA_DAYS = 3650
 SERVER_DAYS = 825
 RENEW_BEFORE = datetime.timedelta(days=30)
@@ -182,13 +187,28 @@ def ensure_dev_certs(
     ca_key = ca.with_name(CA_KEY)
     for directory in {cert.parent, key.parent, ca.parent}:
         make_dirs(directory)
-    ca_pair = _load_pair(ca, ca_key)
-    if ca_pair is None:
-        ca_pair = _make_ca(ca, ca_key)
-    server = _load_pair(cert, key)
-    if server is None or not _server_ok(server[0], ca_pair[0]):
-        _make_server(cert, key, *ca_pair)
+    # Several OAP workers start at once: without taking turns, each would make its own
+    # CA and server certificate, and a worker would serve a certificate signed by a CA
+    # another worker had already replaced on disk (clients trusting ca.crt fail there).
+    with _turn(ca.with_name(GENERATE_LOCK)):
+        ca_pair = _load_pair(ca, ca_key)
+        if ca_pair is None:
+            ca_pair = _make_ca(ca, ca_key)
+        server = _load_pair(cert, key)
+        if server is None or not _server_ok(server[0], ca_pair[0]):
+            _make_server(cert, key, *ca_pair)
     return TlsFiles(cert=cert, key=key, ca=ca)
+
+
+@contextlib.contextmanager
+def _turn(lock: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``lock`` for the block (released if the holder dies)."""
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def server_context(files: TlsFiles) -> ssl.SSLContext:
