@@ -14,11 +14,12 @@ import uvicorn
 from ron.auth.guard import Guard
 from ron.kernel.admin import EmbeddedServer
 from ron.kernel.config import Config
+from ron.services.balance import ConnectionShares
 from ron.services.base import Service, ServiceContext
 from ron.services.gateway.accesslog import AccessLog
 from ron.services.gateway.admission import Admission
 from ron.services.gateway.app import GatewayApp
-from ron.services.gateway.balance import BalancedServer, ConnectionShares
+from ron.services.gateway.balance import BalancedServer
 from ron.services.gateway.fastlane import fast_lane
 from ron.services.gateway.mailbox_hot import MailboxHotRoutes
 from ron.services.gateway.protocol import guarded_protocol

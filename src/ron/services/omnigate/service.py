@@ -20,6 +20,7 @@ from pathlib import Path
 from ron.auth.guard import Guard
 from ron.kernel.config import Config, OmnigateConfig
 from ron.proto.oap import AppId
+from ron.services.balance import BalancedListener, ConnectionShares
 from ron.services.base import Service, ServiceContext
 from ron.services.index.service import index_path
 from ron.services.mailbox.attached import mailbox_of
@@ -74,13 +75,33 @@ class OmnigateService(Service):
             ssl_context = server_context(self._files)
         loop = asyncio.get_running_loop()
         self._sock = ctx.listeners["oap"].dup()
-        self._server = await loop.create_server(
-            self._protocol,
-            sock=self._sock,
-            ssl=ssl_context,
-            ssl_handshake_timeout=settings.handshake_timeout_s if self._tls else None,
-            start_serving=True,
-        )
+        handshake_s = settings.handshake_timeout_s if self._tls else None
+        self._shares: ConnectionShares | None = None
+        self._server: asyncio.Server | BalancedListener
+        if settings.workers > 1:
+            # Workers share the socket; keep their shares of connections even (an app
+            # with two connections would otherwise often land both on one worker).
+            self._shares = ConnectionShares(
+                ctx.run_dir / "omnigate-connections.counters",
+                worker_slot(ctx.name),
+                settings.workers,
+            )
+            self._server = BalancedListener(
+                self._sock,
+                self._protocol,
+                self.gate.live,
+                self._shares,
+                ssl=ssl_context,
+                ssl_handshake_timeout=handshake_s,
+            )
+        else:
+            self._server = await loop.create_server(
+                self._protocol,
+                sock=self._sock,
+                ssl=ssl_context,
+                ssl_handshake_timeout=handshake_s,
+                start_serving=True,
+            )
         self._sweeper = asyncio.create_task(self._sweep_handshakes())
 
     def _apps(self) -> dict[int, App]:
@@ -146,3 +167,5 @@ class OmnigateService(Service):
         mailbox_of(self._ctx).close()
         if self.shared is not None:
             self.shared.close()
+        if self._shares is not None:
+            self._shares.close()

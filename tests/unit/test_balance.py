@@ -10,7 +10,7 @@ import asyncio
 import socket
 from pathlib import Path
 
-from ron.services.gateway.balance import BalancedListener, ConnectionShares
+from ron.services.balance import BalancedListener, ConnectionShares
 
 
 class _Held(asyncio.Protocol):
