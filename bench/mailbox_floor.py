@@ -78,6 +78,9 @@ class MemoryQueue:
         done = sum(1 for r in receipts if self._leased.pop(str(r), None) is not None)
         return Settled(done, len(receipts) - done), None
 
+    def close(self) -> None:
+        """Nothing to release (the store's interface)."""
+
 
 class FloorProtocol(asyncio.Protocol):
     """One keep-alive connection: parse, run one store operation, answer."""
@@ -147,8 +150,7 @@ async def _serve(db: Path, memory: bool) -> None:
     print(sock.getsockname()[1], flush=True)
     await _until_stdin_closes()
     server.close()
-    if isinstance(store, MailboxStore):
-        store.close()
+    store.close()
 
 
 async def _own(db: Path) -> None:

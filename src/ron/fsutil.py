@@ -11,19 +11,22 @@ takes three steps, each of which is easy to forget:
    survives a crash.
 
 Storage, the index and the bundle builder all go through these helpers so the sequence is
-written down once.
+written down once. :func:`exclusive` is the one way processes take turns on a file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
+    "exclusive",
     "fsync_dir",
     "fsync_file",
     "make_dirs",
@@ -117,3 +120,15 @@ def make_dirs(path: Path) -> None:
             if not directory.is_dir():
                 raise
         fsync_dir(directory.parent)
+
+
+@contextlib.contextmanager
+def exclusive(lock: Path, *, mode: int = 0o600) -> Iterator[None]:
+    """An exclusive ``flock`` on ``lock`` (created with ``mode``) for the block, across
+    processes; a holder's death releases it."""
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, mode)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock

@@ -566,19 +566,18 @@ def test_only_the_owner_of_a_shared_file_runs_a_checkpointer(tmp_path: Path) -> 
             s.close()
 
 
-def test_has_work_says_whether_a_receive_could_lease(store: MailboxStore, clock: Clock) -> None:
-    assert not store.has_work("t")
+def test_work_says_whether_a_receive_could_lease(store: MailboxStore, clock: Clock) -> None:
     send(store, "t", b"a")
-    assert store.has_work("t") and not store.has_work("other")
+    assert store.work("t") == (True, False) and store.work("other") == (False, False)
     assert len(recv(store, "t", 1, vis=1000)) == 1
-    assert not store.has_work("t")  # leased, not yet due
+    assert store.work("t") == (False, False)  # leased, not yet due
     clock.advance(1001)
-    assert store.has_work("t")  # its lease ended: a receive would release and take it
+    assert store.work("t") == (False, True)  # its lease ended: release, then take it
     (again,) = recv(store, "t", 1)
     store.nack([parse_receipt(again.receipt)], 5000, lambda _: MAXD)
-    assert not store.has_work("t")  # delayed
+    assert store.work("t") == (False, False)  # delayed
     clock.advance(5001)
-    assert store.has_work("t")
+    assert store.work("t") == (False, True)
 
 
 def test_work_tells_ready_from_due(store: MailboxStore, clock: Clock) -> None:

@@ -17,14 +17,13 @@ whole new file, and :func:`stat_signature` tells it cheaply when to re-read.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ron.fsutil import atomic_write_bytes, make_dirs
+from ron.fsutil import atomic_write_bytes, exclusive, make_dirs
 from ron.proto.envelope import ErrorCode, RonError
 
 __all__ = [
@@ -138,10 +137,5 @@ def stat_signature(path: Path) -> StatSignature | None:
 def locked(path: Path) -> Iterator[None]:
     """Hold an exclusive lock for read-modify-write of ``path`` (across processes)."""
     ensure_private_dir(path.parent)
-    lock = path.with_name(f".{path.name}.lock")
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, SECRET_MODE)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with exclusive(path.with_name(f".{path.name}.lock"), mode=SECRET_MODE):
         yield
-    finally:
-        os.close(fd)  # closing releases the flock

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -746,7 +746,7 @@ class _RungTimer(DueTimer):
     """The timer of an attached process: schedules go to the owner's timer (receives
     here release what is due themselves)."""
 
-    def __init__(self, bell: BellSender, clock_ms: Any) -> None:
+    def __init__(self, bell: BellSender, clock_ms: Callable[[], int]) -> None:
         super().__init__(clock_ms, lambda topic: None)
         self._bell = bell
 

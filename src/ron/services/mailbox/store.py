@@ -398,11 +398,6 @@ class MailboxStore:
         ).fetchone()
         return bool(ready), bool(due)
 
-    def has_work(self, topic: str) -> bool:
-        """Whether a receive on ``topic`` could lease anything now (see :meth:`work`)."""
-        ready, due = self.work(topic)
-        return ready or due
-
     def next_due_ms(self, topic: str) -> int | None:
         """When the topic's next lease expires or delay ends; None when nothing waits."""
         best: int | None = None

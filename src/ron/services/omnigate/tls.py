@@ -14,13 +14,9 @@ detected on the next start by checking the pair, and redone.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
-import fcntl
 import ipaddress
-import os
 import ssl
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ron.fsutil import atomic_write_bytes, make_dirs
+from ron.fsutil import atomic_write_bytes, exclusive, make_dirs
 
 ALPN = "ron/1"
 TLS_DIR = "tls"
@@ -190,7 +186,7 @@ def ensure_dev_certs(
     # Several OAP workers start at once: without taking turns, each would make its own
     # CA and server certificate, and a worker would serve a certificate signed by a CA
     # another worker had already replaced on disk (clients trusting ca.crt fail there).
-    with _turn(ca.with_name(GENERATE_LOCK)):
+    with exclusive(ca.with_name(GENERATE_LOCK)):
         ca_pair = _load_pair(ca, ca_key)
         if ca_pair is None:
             ca_pair = _make_ca(ca, ca_key)
@@ -198,17 +194,6 @@ def ensure_dev_certs(
         if server is None or not _server_ok(server[0], ca_pair[0]):
             _make_server(cert, key, *ca_pair)
     return TlsFiles(cert=cert, key=key, ca=ca)
-
-
-@contextlib.contextmanager
-def _turn(lock: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``lock`` for the block (released if the holder dies)."""
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def server_context(files: TlsFiles) -> ssl.SSLContext:
